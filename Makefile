@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (quickstart tournament) and `make test` (the whole suite).
+# Both create .venv and install what they need; torch is installed first and pinned to the
+# CPU build on this machine's disk so that nothing else drags in a multi-GB CUDA build.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+QUIET := sed -u '/^WARNING: Location/d'
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+FASHION := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test fashion-mnist clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)" 2>&1 | $(QUIET)
+	$(BIN)/python -m pip install -q -e ".[test]" 2>&1 | $(QUIET)
+	$(BIN)/python -c "import torch, arena, pytest"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/arena run tournaments/quickstart.toml --db results/quickstart.db
+
+# Real Fashion-MNIST from Debian's package, for the tests that use it (skipped where absent).
+fashion-mnist:
+	@test -d $(FASHION) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "note: dataset-fashion-mnist not installed; its tests will be skipped"
+
+test: $(STAMP) fashion-mnist
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) results .arena .pytest_cache

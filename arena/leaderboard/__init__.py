@@ -1,0 +1,1 @@
+"""Leaderboards computed from a results database."""

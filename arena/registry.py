@@ -1,0 +1,208 @@
+"""Plugin discovery: the ``arena`` entry-point group loaded with pluggy into a :class:`Registry`."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import pluggy
+
+from arena import hookspecs
+from arena.errors import ConfigError, PluginError, did_you_mean
+from arena.plugin import ID_PATTERN, Plugin, PluginConfig
+
+GROUP = "arena"
+KINDS = ("attacks", "defenses", "datasets", "architectures", "backends")
+DISABLE_ENV = "ARENA_DISABLE_PLUGINS"
+TRACE_ENV = "ARENA_TRACE_HOOKS"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who registered a plugin class: the pluggy plugin name and its distribution."""
+
+    plugin: str
+    distribution: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"plugin '{self.plugin}' ({self.distribution} {self.version})"
+
+
+@dataclass
+class Registry:
+    """Everything the installed plugins registered, by kind, each a mapping from id to class."""
+
+    plugin_manager: pluggy.PluginManager
+    _tables: dict[str, dict[str, type]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    owners: dict[tuple[str, str], Owner] = field(default_factory=dict)
+
+    @property
+    def attacks(self) -> Mapping[str, type]:
+        return MappingProxyType(self._tables["attacks"])
+
+    @property
+    def defenses(self) -> Mapping[str, type]:
+        return MappingProxyType(self._tables["defenses"])
+
+    @property
+    def datasets(self) -> Mapping[str, type]:
+        return MappingProxyType(self._tables["datasets"])
+
+    @property
+    def architectures(self) -> Mapping[str, type]:
+        return MappingProxyType(self._tables["architectures"])
+
+    @property
+    def backends(self) -> Mapping[str, type]:
+        return MappingProxyType(self._tables["backends"])
+
+    def get(self, kind: str, plugin_id: str) -> type:
+        """The class registered under ``plugin_id``; a ConfigError suggests a close id."""
+        table = self._tables[kind]
+        if plugin_id not in table:
+            singular = kind[:-1]
+            hint = did_you_mean(plugin_id, table) or f"; known: {', '.join(sorted(table)) or 'none'}"
+            raise ConfigError(f"unknown {singular} '{plugin_id}'{hint}")
+        return table[plugin_id]
+
+    def make(self, kind: str, plugin_id: str, **config: Any) -> Any:
+        return self.get(kind, plugin_id)(**config)
+
+    def make_attack(self, plugin_id: str, **config: Any) -> Any:
+        return self.make("attacks", plugin_id, **config)
+
+    def make_defense(self, plugin_id: str, **config: Any) -> Any:
+        return self.make("defenses", plugin_id, **config)
+
+    def make_dataset(self, plugin_id: str, **config: Any) -> Any:
+        return self.make("datasets", plugin_id, **config)
+
+    def make_architecture(self, plugin_id: str, **config: Any) -> Any:
+        return self.make("architectures", plugin_id, **config)
+
+    def make_backend(self, plugin_id: str, **config: Any) -> Any:
+        return self.make("backends", plugin_id, **config)
+
+    def rows(self) -> list[dict[str, str]]:
+        """One row per registered class: id, kind, knowledge, norm, distribution, version."""
+        rows = []
+        for kind in KINDS:
+            for pid, cls in sorted(self._tables[kind].items()):
+                owner = self.owners[(kind, pid)]
+                rows.append({
+                    "id": pid,
+                    "kind": _describe_kind(cls),
+                    "knowledge": _enum_value(getattr(cls, "knowledge", None)),
+                    "norm": _enum_value(_default_of(cls, "norm")),
+                    "distribution": owner.distribution,
+                    "version": owner.version,
+                    "plugin": owner.plugin,
+                })
+        return rows
+
+    def _add(self, kind: str, cls: Any, owner: Owner) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+            raise PluginError(f"{owner} registered {cls!r} among {kind}, which is not a plugin class")
+        pid = getattr(cls, "id", "")
+        if not isinstance(pid, str) or not ID_PATTERN.match(pid):
+            raise PluginError(f"{owner}: {cls.__name__}.id {pid!r} must be kebab-case")
+        if not (cls.__doc__ or "").strip():
+            raise PluginError(f"{owner}: {cls.__name__} ({pid}) needs a docstring citing its source")
+        cfg = cls.Config
+        if not (issubclass(cfg, PluginConfig) or cfg.model_config.get("extra") == "forbid"):
+            raise PluginError(f"{owner}: {cls.__name__}.Config must forbid extra keys")
+        if pid in self._tables[kind]:
+            other = self.owners[(kind, pid)]
+            raise PluginError(f"duplicate {kind[:-1]} id '{pid}': registered by {other} and by {owner}")
+        self._tables[kind][pid] = cls
+        self.owners[(kind, pid)] = owner
+
+
+def _describe_kind(cls: type) -> str:
+    sub = getattr(cls, "defense_kind", None)
+    return f"defense ({sub.value})" if sub is not None else str(getattr(cls, "kind", "plugin"))
+
+
+def _enum_value(value: Any) -> str:
+    return "" if value is None else str(getattr(value, "value", value))
+
+
+def _default_of(cls: type, name: str) -> Any:
+    fields = getattr(cls.Config, "model_fields", {})
+    if name in fields and fields[name].default is not None:
+        return fields[name].default
+    return getattr(cls, name, None)
+
+
+def _disabled() -> set[str]:
+    return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+
+
+def _owner_of(ep: md.EntryPoint) -> Owner:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return Owner(ep.name, "unknown", "")
+    return Owner(ep.name, dist.metadata["Name"] or dist.name, dist.version)
+
+
+def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True) -> Registry:
+    """Load every plugin of the ``arena`` entry-point group (and ``extra`` (name, module) pairs).
+
+    Plugins named in ``ARENA_DISABLE_PLUGINS`` (comma-separated) are blocked. A plugin that
+    fails to import, implements an unknown hook or registers a duplicate id raises
+    :class:`arena.PluginError` naming the plugin and its distribution. ``ARENA_TRACE_HOOKS=1``
+    prints every hook call.
+    """
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    owners: dict[str, Owner] = {}
+    blocked = _disabled()
+    for name in blocked:
+        pm.set_blocked(name)
+    candidates: list[tuple[str, Owner, Any]] = []
+    if entry_points:
+        for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
+            if ep.name in blocked or ep.name in owners:
+                continue
+            owner = _owner_of(ep)
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken third-party import must not crash the arena
+                raise PluginError(f"{owner} failed to import: {type(exc).__name__}: {exc}") from exc
+            owners[ep.name] = owner
+            candidates.append((ep.name, owner, module))
+    for name, module in extra:
+        if name not in blocked:
+            owner = Owner(name, "local", "")
+            owners[name] = owner
+            candidates.append((name, owner, module))
+    for name, owner, module in candidates:
+        try:
+            pm.register(module, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginError(f"{owner}: {exc}") from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        owner = owners.get(getattr(exc, "plugin_name", ""), None)
+        raise PluginError(f"{owner or 'a plugin'}: {exc}") from exc
+    trace = bool(os.environ.get(TRACE_ENV))
+    registry = Registry(pm)
+    for kind in KINDS:
+        hook = getattr(pm.hook, f"arena_register_{kind}")
+        for impl in hook.get_hookimpls():
+            owner = owners[impl.plugin_name]
+            if trace:
+                sys.stderr.write(f"arena: calling arena_register_{kind} of {owner}\n")
+            try:
+                impl.function(register=lambda cls, k=kind, o=owner: registry._add(k, cls, o))
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"{owner} failed in arena_register_{kind}: {exc}") from exc
+    return registry
