@@ -150,6 +150,18 @@ def _owner_of(ep: md.EntryPoint) -> Owner:
     return Owner(ep.name, dist.metadata["Name"] or dist.name, dist.version)
 
 
+def _check_pending(pm: pluggy.PluginManager, owners: dict[str, Owner]) -> None:
+    """Hook implementations that match no hookspec are errors, naming plugin and hook."""
+    specs = [f"arena_register_{k}" for k in KINDS]
+    for name, hook in vars(pm.hook).items():
+        if name.startswith("_") or getattr(hook, "spec", None) is not None:
+            continue
+        for impl in hook.get_hookimpls():
+            if not impl.optionalhook:
+                owner = owners.get(impl.plugin_name, impl.plugin_name)
+                raise PluginError(f"{owner} implements unknown hook '{name}'{did_you_mean(name, specs)}")
+
+
 def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True) -> Registry:
     """Load every plugin of the ``arena`` entry-point group (and ``extra`` (name, module) pairs).
 
@@ -186,11 +198,7 @@ def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool
             pm.register(module, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
             raise PluginError(f"{owner}: {exc}") from exc
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        owner = owners.get(getattr(exc, "plugin_name", ""), None)
-        raise PluginError(f"{owner or 'a plugin'}: {exc}") from exc
+    _check_pending(pm, owners)
     trace = bool(os.environ.get(TRACE_ENV))
     registry = Registry(pm)
     for kind in KINDS:

@@ -1,0 +1,88 @@
+"""Every built-in attack and defense of the first tournament passes the contract suites, and
+behaves as its method says on a small trained model."""
+from __future__ import annotations
+
+import torch
+
+from arena import testing
+from arena.testing import AttackContract, DefenseContract
+from arena.threat import Norm
+
+
+class TestFGSMLinf(AttackContract):
+    attack_id = "fgsm"
+    params = {"norm": "linf"}
+
+
+class TestFGSML2(AttackContract):
+    attack_id = "fgsm"
+    params = {"norm": "l2"}
+
+
+class TestPGDLinf(AttackContract):
+    attack_id = "pgd"
+    params = {"norm": "linf", "steps": 10}
+
+
+class TestPGDL2(AttackContract):
+    attack_id = "pgd"
+    params = {"norm": "l2", "steps": 10, "restarts": 2}
+
+
+class TestStandard(DefenseContract):
+    defense_id = "standard"
+
+
+class TestGDA(DefenseContract):
+    defense_id = "gda"
+    params = {"copies": 2}
+
+
+def test_pgd_at_a_large_budget_drives_accuracy_to_zero(registry, model):
+    x, y = testing.attack_batch(64)
+    result = registry.make_attack("pgd", steps=30)(model, x, y, eps=0.5, seed=0)
+    assert float(result.success.float().mean()) == 1.0
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(registry, model):
+    x, y = testing.attack_batch(64)
+    for norm, eps in ((Norm.LINF, 0.1), (Norm.L2, 0.75)):
+        fgsm = registry.make_attack("fgsm", norm=norm)(model, x, y, eps)
+        pgd = registry.make_attack("pgd", norm=norm, steps=20, rel_step_size=0.125)(model, x, y, eps, seed=0)
+        assert pgd.success.sum() >= fgsm.success.sum()
+
+
+def test_restarts_keep_a_success_found_by_any_restart(registry, model):
+    x, y = testing.attack_batch(64)
+    one = registry.make_attack("pgd", steps=5, restarts=1)(model, x, y, eps=0.08, seed=1)
+    many = registry.make_attack("pgd", steps=5, restarts=4)(model, x, y, eps=0.08, seed=1)
+    assert many.success.sum() >= one.success.sum()
+    assert torch.equal(many.queries, torch.full_like(many.queries, 4 * 6))
+
+
+def test_targeted_pgd_reaches_its_targets(registry, model):
+    x, y = testing.attack_batch(32)
+    targets = (y + 1) % 10
+    result = registry.make_attack("pgd", steps=30)(model, x, y, eps=0.5, targets=targets, seed=0)
+    with torch.no_grad():
+        pred = model(result.x_adv).argmax(1)
+    assert torch.equal(result.success, pred == targets) and float(result.success.float().mean()) > 0.9
+
+
+def test_gda_trains_on_noisy_copies_in_the_unit_box(registry):
+    gda = registry.make_defense("gda", sigma=0.3, copies=3)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return torch.zeros(x.shape[0], 10, requires_grad=True)
+
+    x, y = torch.rand(5, 1, 8, 8), torch.arange(5)
+    gda.loss(Spy(), x, y)
+    batch = seen[0]
+    assert batch.shape == (20, 1, 8, 8) and torch.equal(batch[:5], x)
+    assert float(batch.min()) >= 0 and float(batch.max()) <= 1
+    noise = batch[5:] - x.repeat(3, 1, 1, 1)
+    inside = (batch[5:] > 0) & (batch[5:] < 1)
+    assert abs(float(noise[inside].std()) - 0.3) < 0.05
