@@ -83,7 +83,15 @@ class TrainingDefense(Defense):
 
 
 class DefendedModel(nn.Module):
-    """A classifier wrapped by inference-time parts; ``base`` is the classifier alone."""
+    """A classifier wrapped by inference-time parts; ``base`` is the classifier alone.
+
+    Adaptive hooks (what adaptive attacks may ask for, instead of reaching into internals):
+    ``randomized`` says the outputs change between calls (attack with EOT), and
+    :meth:`bpda_forward` is a differentiable stand-in for ``forward`` (BPDA, Athalye et al.
+    2018), by default ``forward`` itself.
+    """
+
+    randomized: ClassVar[bool] = False
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -91,6 +99,10 @@ class DefendedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses define it
         return self.base(x)
+
+    def bpda_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same outputs as ``forward`` with useful gradients through non-differentiable parts."""
+        return self(x)
 
 
 class InferenceDefense(Defense):
