@@ -5,6 +5,7 @@
 * An :class:`InferenceDefense` wraps a trained model into a :class:`DefendedModel`
   (preprocessing, randomised outputs, sanitiser networks); ``base`` is the bare classifier that
   gray-box attacks see.
+* A :class:`PretrainedDefense` enters a ready-made model file (torch or Keras).
 * A :class:`DetectorDefense` scores inputs as adversarial; the tournament counts a detected
   adversarial example as defended and reports the clean false-positive rate.
 """
@@ -25,6 +26,7 @@ from arena.plugin import Plugin, PluginConfig
 
 class DefenseKind(str, Enum):
     TRAINING = "training-time"
+    PRETRAINED = "pretrained"
     INFERENCE = "inference-time"
     DETECTOR = "detector"
 
@@ -103,6 +105,19 @@ class DefendedModel(nn.Module):
     def bpda_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same outputs as ``forward`` with useful gradients through non-differentiable parts."""
         return self(x)
+
+
+class PretrainedDefense(Defense):
+    """An entrant whose model comes ready-made (a model file of any backend), not trained here.
+
+    :meth:`load` returns the model; the tournament neither trains nor caches it, and
+    inference-time and detector defenses can wrap it through ``on``.
+    """
+
+    defense_kind: ClassVar[DefenseKind] = DefenseKind.PRETRAINED
+
+    def load(self, architecture: Architecture, data: DataSplits) -> nn.Module:
+        raise NotImplementedError
 
 
 class InferenceDefense(Defense):

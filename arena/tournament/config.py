@@ -132,7 +132,7 @@ def _check_plugins(cfg: TournamentConfig, registry: Registry) -> None:
     labels = [d.label for d in cfg.defenses]
     for i, entry in enumerate(cfg.defenses):
         cls = _check_ref(f"defenses[{i}]", entry, "defenses", registry, cfg.training)
-        training = cls.defense_kind is DefenseKind.TRAINING
+        training = cls.defense_kind in (DefenseKind.TRAINING, DefenseKind.PRETRAINED)
         for key in ("on", "finetune_from"):
             ref = getattr(entry, key)
             if ref is not None and ref not in labels[:i] + labels[i + 1:]:
@@ -141,8 +141,8 @@ def _check_plugins(cfg: TournamentConfig, registry: Registry) -> None:
             raise ConfigError(f"defenses[{i}].on: {cls.defense_kind.value} defense '{entry.id}' needs the "
                               "name of the trained model it protects")
         if training and entry.on is not None:
-            raise ConfigError(f"defenses[{i}].on: training-time defense '{entry.id}' trains its own model; "
-                              "use finetune_from")
+            raise ConfigError(f"defenses[{i}].on: {cls.defense_kind.value} defense '{entry.id}' brings its own "
+                              "model; only inference-time and detector defenses take 'on'")
     defense_order(cfg)
     for i, entry in enumerate(cfg.attacks):
         cls = _check_ref(f"attacks[{i}]", entry, "attacks", registry)

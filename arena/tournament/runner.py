@@ -100,6 +100,9 @@ class Runner:
         if cls.defense_kind is DefenseKind.TRAINING:
             model, key = self._train(entry, defense)
             base = model
+        elif cls.defense_kind is DefenseKind.PRETRAINED:
+            arch = self.registry.make_architecture(self.cfg.architecture.id, **self.cfg.architecture.params)
+            model = base = defense.load(arch, self.data).to(self.device).eval()
         else:
             below = self.entrants[entry.on]
             base = below.base
