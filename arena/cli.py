@@ -62,16 +62,20 @@ def plugins_list(fmt: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="results database (default: FILE with .db next to it in ./results)")
-@click.option("--executor", type=click.Choice(["local"]), default="local")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              help="run in this process, or as Ray tasks")
+@click.option("--address", default=None, help="Ray cluster to join (default: start a local one)")
 @click.option("--resume", is_flag=True, help="finish the newest unfinished run of this file")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".arena/cache"))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--format", "fmt", default="table", help="leaderboard format printed at the end")
 @user_errors
-def run(file: Path, db: Path | None, executor: str, resume: bool, cache_dir: Path, quiet: bool, fmt: str) -> None:
+def run(file: Path, db: Path | None, executor: str, address: str | None, resume: bool, cache_dir: Path,
+        quiet: bool, fmt: str) -> None:
     """Run the tournament in FILE and print its leaderboard."""
     from arena.leaderboard import tables
     from arena.tournament.config import load_tournament
+    from arena.tournament.executors import make_executor
     from arena.tournament.runner import Runner
     from arena.tournament.store import Store
 
@@ -80,9 +84,13 @@ def run(file: Path, db: Path | None, executor: str, resume: bool, cache_dir: Pat
     db = db or Path("results") / f"{file.stem}.db"
     store = Store(db)
     progress = not quiet and sys.stderr.isatty()
-    runner = Runner(cfg, registry, store, cache_dir=cache_dir, progress=progress,
-                    source=str(file), source_text=file.read_text())
-    run_id = runner.run(resume=resume)
+    pool = make_executor(executor, address, cfg.resources.num_cpus, cfg.resources.num_gpus)
+    try:
+        runner = Runner(cfg, registry, store, cache_dir=cache_dir, progress=progress, executor=pool,
+                        source=str(file), source_text=file.read_text())
+        run_id = runner.run(resume=resume)
+    finally:
+        pool.close()
     click.echo(tables.build(store, run_id).render(fmt))
     click.echo(f"results: {db}", err=True)
 

@@ -61,6 +61,11 @@ class Registry:
     def backends(self) -> Mapping[str, type]:
         return MappingProxyType(self._tables["backends"])
 
+    def __reduce__(self) -> tuple:
+        """A registry travels to other processes (Ray workers) as "load the installed plugins
+        there": plugins added with ``load_plugins(extra=...)`` stay in this process."""
+        return (load_plugins, ())
+
     def get(self, kind: str, plugin_id: str) -> type:
         """The class registered under ``plugin_id``; a ConfigError suggests a close id."""
         table = self._tables[kind]

@@ -52,6 +52,7 @@ class AttackEntry(PluginRef):
 
     name: str | None = None
     budgets: list[float] = Field(default_factory=list)
+    timeout: float | None = Field(None, gt=0, description="seconds per attack run; default match_timeout")
 
     @property
     def label(self) -> str:
@@ -65,6 +66,13 @@ class AttackEntry(PluginRef):
         return sorted(set(v))
 
 
+class Resources(Strict):
+    """What each Ray task asks the cluster for."""
+
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
 class TournamentConfig(Strict):
     """A whole tournament: data, architecture, seed, samples, defenses and attacks."""
 
@@ -75,6 +83,9 @@ class TournamentConfig(Strict):
     samples: int = Field(100, ge=1, description="test samples attacked")
     batch_size: int = Field(256, ge=1, description="samples per attack call")
     training: dict[str, Any] = Field(default_factory=dict, description="defaults for training-time defenses")
+    match_timeout: float | None = Field(None, gt=0, description="seconds per attack run (None: no limit)")
+    save_examples: bool = Field(False, description="keep adversarial examples next to the database")
+    resources: Resources = Field(default_factory=lambda: Resources())
     defenses: list[DefenseEntry] = Field(min_length=1)
     attacks: list[AttackEntry] = Field(min_length=1)
 

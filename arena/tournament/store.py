@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS matches (
     wall_seconds REAL,
     started REAL,
     finished REAL,
+    provenance_json TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (run_id, defense, attack, budget)
 );
 """
@@ -83,7 +84,7 @@ class MatchRow:
     wall_seconds: float | None = None
     started: float | None = None
     finished: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 class Store:
@@ -132,13 +133,26 @@ class Store:
 
     def save_match(self, run_id: int, row: MatchRow) -> None:
         data = asdict(row)
-        data.pop("extra")
+        data["provenance_json"] = json.dumps(data.pop("provenance"))
         data["attack_config_json"] = json.dumps(data.pop("attack_config"))
         cols = ", ".join(data)
         marks = ", ".join("?" for _ in data)
         self.conn.execute(f"INSERT OR REPLACE INTO matches (run_id, {cols}) VALUES (?, {marks})",
                           (run_id, *data.values()))
         self.conn.commit()
+
+    def examples_dir(self, run_id: int) -> Path:
+        return self.path.with_suffix(".examples") / f"run{run_id}"
+
+    def save_examples(self, run_id: int, defense: str, attack: str, tensors: dict[str, Any]) -> Path:
+        """Adversarial examples of one match, as a weights-only loadable ``.pt`` file."""
+        import torch
+
+        folder = self.examples_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_slug(defense)}__{_slug(attack)}.pt"
+        torch.save(tensors, path)
+        return path
 
     def done_matches(self, run_id: int) -> set[tuple[str, str, float]]:
         rows = self.conn.execute("SELECT defense, attack, budget FROM matches WHERE run_id = ?", (run_id,))
@@ -156,6 +170,10 @@ class Store:
 
     def matches(self, run_id: int) -> list[sqlite3.Row]:
         return list(self.conn.execute("SELECT * FROM matches WHERE run_id = ? ORDER BY rowid", (run_id,)))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def encode_mask(mask) -> str:

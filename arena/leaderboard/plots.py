@@ -1,0 +1,231 @@
+"""Leaderboard plots with matplotlib (Agg backend), each written as PNG and SVG.
+
+- ``accuracy_vs_budget``: for each attack, adversarial accuracy against the budget, one line per
+  defense, starting from the clean accuracy at budget 0 (seed 000's Figures 2-3). The unbounded
+  row of a minimal-perturbation attack (budget ∞) has no place on the axis; its value is given
+  in the legend instead.
+- ``heatmap``: defense × attack robust accuracy at one budget per norm, annotated cells, with the
+  per-example worst case over the norm's attacks as a last column.
+
+File names are deterministic (slugs of the attack names, norms and budgets), and so is the
+content: SVG ids are salted with a constant and no dates are written.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from arena.errors import ConfigError
+from arena.tournament.store import Store, decode_mask
+
+FORMATS = ("png", "svg")
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None}}
+
+
+def slugify(text: str) -> str:
+    """A lower-case file-name slug: runs of anything but letters and digits become one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+
+
+def unique_slugs(names: list[str]) -> dict[str, str]:
+    """Map each name to a slug that no other name in ``names`` shares (``-2``, ``-3`` on clashes)."""
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in dict.fromkeys(names):
+        base = slug = slugify(name)
+        n = 2
+        while slug in taken:
+            slug, n = f"{base}-{n}", n + 1
+        out[name] = slug
+        taken.add(slug)
+    return out
+
+
+def budget_slug(budget: float) -> str:
+    """``0.1`` -> ``0.1``, ``inf`` -> ``inf``: budgets as they appear in file names."""
+    return "inf" if math.isinf(budget) else f"{budget:g}"
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or a user error saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigError("plots need matplotlib: pip install matplotlib") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.svg`` with reproducible content, then close it."""
+    plt = _pyplot()
+    paths = []
+    with plt.rc_context({"svg.hashsalt": "arena", "svg.fonttype": "path"}):
+        for fmt in FORMATS:
+            path = out_dir / f"{stem}.{fmt}"
+            fig.savefig(path, format=fmt, dpi=120, bbox_inches="tight", metadata=_METADATA[fmt])
+            paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _run_data(store: Store, run_id: int | None) -> tuple[int, list, list]:
+    """The run id (newest by default), its model rows and its match rows."""
+    run_id = run_id if run_id is not None else store.latest_run()
+    if run_id is None or store.run(run_id) is None:
+        raise ConfigError(f"{store.path}: no tournament run found")
+    return run_id, store.models(run_id), store.matches(run_id)
+
+
+def accuracy_vs_budget(store: Store, run_id: int | None, out_dir: str | Path) -> list[Path]:
+    """For each attack, adversarial accuracy (%) versus budget, one line per defense.
+
+    Budget 0 is the clean accuracy; failed matches leave a gap; the unbounded row (∞) of a
+    minimal attack is reported in the legend. Writes ``accuracy-<attack>.png`` and ``.svg``.
+    """
+    run_id, models, matches = _run_data(store, run_id)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    attacks = list(dict.fromkeys(m["attack"] for m in matches))
+    slugs = unique_slugs(attacks)
+    paths: list[Path] = []
+    for attack in attacks:
+        rows = [m for m in matches if m["attack"] == attack]
+        fig = _accuracy_figure(attack, rows, models)
+        paths += _save(fig, out_dir, f"accuracy-{slugs[attack]}")
+    return paths
+
+
+def _accuracy_figure(attack: str, rows: list, models: list) -> Any:
+    """One attack's accuracy-versus-budget figure."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    first = rows[0]
+    for model in models:
+        d = model["defense"]
+        mine = sorted((m for m in rows if m["defense"] == d), key=lambda m: m["budget"])
+        xs, ys = [0.0], [100 * model["clean_accuracy"]]
+        for m in mine:
+            if not math.isinf(m["budget"]):
+                xs.append(m["budget"])
+                ys.append(_pct(m))
+        ax.plot(xs, ys, marker="o", label=d + _unbounded_label(mine))
+    ax.set_xlabel(f"budget ε ({first['norm']})")
+    ax.set_ylabel("adversarial accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"{attack} ({first['attack_id']}, {first['knowledge']})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _pct(m: Any) -> float:
+    """A match's robust accuracy in percent, NaN (a gap in the line) unless it succeeded."""
+    ok = m["status"] == "ok" and m["robust_accuracy"] is not None
+    return 100 * m["robust_accuracy"] if ok else math.nan
+
+
+def _unbounded_label(rows: list) -> str:
+    """`` (ε=∞: 3.0%)`` for a defense with an unbounded row, else an empty string."""
+    inf = [m for m in rows if math.isinf(m["budget"])]
+    if not inf:
+        return ""
+    value = _pct(inf[0])
+    return f" (ε=∞: {inf[0]['status']})" if math.isnan(value) else f" (ε=∞: {value:.1f}%)"
+
+
+def default_budgets(matches: list) -> dict[str, float]:
+    """For each norm, the median of the finite budgets present (the lower middle one if even)."""
+    out = {}
+    for norm in sorted({m["norm"] for m in matches}):
+        budgets = sorted({m["budget"] for m in matches if m["norm"] == norm and not math.isinf(m["budget"])})
+        if budgets:
+            out[norm] = budgets[(len(budgets) - 1) // 2]
+    return out
+
+
+def _chosen_budgets(matches: list, budget: float | None) -> dict[str, float]:
+    """The budget to plot for each norm; a budget given explicitly keeps the norms that have it."""
+    if budget is None:
+        return default_budgets(matches)
+    chosen = {n: budget for n in sorted({m["norm"] for m in matches})
+              if any(m["norm"] == n and m["budget"] == budget for m in matches)}
+    if not chosen:
+        present = ", ".join(budget_slug(b) for b in sorted({m["budget"] for m in matches}))
+        raise ConfigError(f"no match at budget {budget_slug(budget)}; budgets present: {present}")
+    return chosen
+
+
+def heatmap(store: Store, run_id: int | None, out_dir: str | Path, budget: float | None = None) -> list[Path]:
+    """Defense × attack robust accuracy (%) at one budget per norm, annotated.
+
+    ``budget=None`` takes, for each norm, the median budget present. Writes
+    ``heatmap-<norm>-<budget>.png`` and ``.svg``.
+    """
+    run_id, models, matches = _run_data(store, run_id)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for norm, eps in _chosen_budgets(matches, budget).items():
+        rows = [m for m in matches if m["norm"] == norm and m["budget"] == eps]
+        fig = _heatmap_figure(norm, eps, models, rows)
+        paths += _save(fig, out_dir, f"heatmap-{slugify(norm)}-{budget_slug(eps)}")
+    return paths
+
+
+def _heatmap_grid(models: list, rows: list) -> tuple[list[str], list[list[float]], list[list[str]]]:
+    """Column labels, values (NaN where no result) and cell texts of a heatmap."""
+    attacks = list(dict.fromkeys(m["attack"] for m in rows))
+    by_key = {(m["defense"], m["attack"]): m for m in rows}
+    values, texts = [], []
+    for model in models:
+        line_v, line_t = [], []
+        for a in attacks:
+            m = by_key.get((model["defense"], a))
+            v = math.nan if m is None else _pct(m)
+            line_v.append(v)
+            line_t.append("–" if m is None else m["status"] if math.isnan(v) else f"{v:.1f}")
+        worst = _worst([by_key[(model["defense"], a)] for a in attacks if (model["defense"], a) in by_key], model)
+        line_v.append(math.nan if worst is None else 100 * worst)
+        line_t.append("–" if worst is None else f"{100 * worst:.1f}")
+        values.append(line_v)
+        texts.append(line_t)
+    return attacks + ["worst case"], values, texts
+
+
+def _worst(rows: list, model: Any) -> float | None:
+    """Per-example worst case over the successful matches in ``rows`` (one defense, one budget)."""
+    ok = [m for m in rows if m["status"] == "ok" and m["robust_mask"]]
+    if not ok:
+        return None
+    robust = decode_mask(model["clean_mask"])
+    for m in ok:
+        robust = [r and s for r, s in zip(robust, decode_mask(m["robust_mask"]))]
+    return sum(robust) / max(len(robust), 1)
+
+
+def _heatmap_figure(norm: str, eps: float, models: list, rows: list) -> Any:
+    """One norm's annotated heatmap at budget ``eps``."""
+    plt = _pyplot()
+    import numpy as np
+
+    columns, values, texts = _heatmap_grid(models, rows)
+    data = np.ma.masked_invalid(np.array(values, dtype=float))
+    fig, ax = plt.subplots(figsize=(1.3 * len(columns) + 2.5, 0.5 * len(models) + 1.8))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    image = ax.imshow(data, cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(models)), [m["defense"] for m in models])
+    ax.axvline(len(columns) - 1.5, color="white", linewidth=3)
+    for i, line in enumerate(texts):
+        for j, text in enumerate(line):
+            v = values[i][j]
+            color = "black" if math.isnan(v) or v >= 50 else "white"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize="small")
+    ax.set_title(f"robust accuracy (%) at ε={budget_slug(eps)} ({norm})")
+    fig.colorbar(image, ax=ax, label="%")
+    return fig

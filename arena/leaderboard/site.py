@@ -1,0 +1,314 @@
+"""``arena publish``: a self-contained static site for one tournament run.
+
+The site needs no server and no network (local CSS and JS only, enforced by a
+Content-Security-Policy), so it can be opened from disk or copied to any static host::
+
+    index.html              leaderboard per norm (sortable), plots, notes, reproduce, provenance
+    matches/<d>--<a>--<eps>.html   one page per match: status, metrics, error, config, provenance
+    defenses/<d>.html       one page per defense: its training config and every match it played
+    plots/*.png, *.svg      accuracy versus budget per attack, heatmaps per norm
+    assets/                 site.css, sort.js, favicon.svg
+    <name>.toml             the tournament file, for `arena run`
+    results.json, results.csv   the leaderboard for machines
+    .arena-site             marker: this directory may be rewritten by `arena publish`
+
+Every text from the database goes through ``html.escape``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from html import escape
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from arena.errors import ConfigError
+from arena.leaderboard import plots, tables
+from arena.tournament.store import Store, decode_mask
+
+MARKER = ".arena-site"
+ASSETS = ("site.css", "sort.js", "favicon.svg")
+OWNED_DIRS = ("matches", "defenses", "plots", "assets")
+CSP = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'"
+
+
+@dataclass
+class Site:
+    """Everything the page writers need about one run."""
+
+    out: Path
+    run: Any
+    provenance: dict
+    board: tables.Leaderboard
+    models: list
+    matches: list
+    defense_slugs: dict[str, str]
+    attack_slugs: dict[str, str]
+    toml_name: str
+
+    def match_href(self, m: Any) -> str:
+        """The match page's path relative to the site root."""
+        return (f"matches/{self.defense_slugs[m['defense']]}--{self.attack_slugs[m['attack']]}"
+                f"--{plots.budget_slug(m['budget'])}.html")
+
+    def defense_href(self, defense: str) -> str:
+        return f"defenses/{self.defense_slugs[defense]}.html"
+
+
+def publish(store: Store, run_id: int | None, out_dir: str | Path) -> Path:
+    """Write the site of run ``run_id`` (the newest by default) into ``out_dir``; return index.html.
+
+    ``out_dir`` must be new, empty, or a site written before (which is then refreshed).
+    """
+    board = tables.build(store, run_id)
+    run_id = run_id if run_id is not None else store.latest_run()
+    run = store.run(run_id)
+    out = _prepare(Path(out_dir))
+    site = Site(out, run, json.loads(run["provenance_json"] or "{}"), board, store.models(run_id),
+                store.matches(run_id), plots.unique_slugs([m["defense"] for m in store.models(run_id)]),
+                plots.unique_slugs([m["attack"] for m in store.matches(run_id)]),
+                f"{plots.slugify(Path(run['source']).stem if run['source'] else run['name'])}.toml")
+    _copy_assets(out / "assets")
+    figures = plots.accuracy_vs_budget(store, run_id, out / "plots") + plots.heatmap(store, run_id, out / "plots")
+    _write_downloads(site)
+    for m in site.matches:
+        _write(out / site.match_href(m), _page(site, f"{m['attack']} vs {m['defense']}", _match_body(site, m), 1))
+    for model in site.models:
+        _write(out / site.defense_href(model["defense"]), _page(site, model["defense"], _defense_body(site, model), 1))
+    index = out / "index.html"
+    _write(index, _page(site, board.title, _index_body(site, [p for p in figures if p.suffix == ".svg"]), 0))
+    return index
+
+
+def _prepare(out: Path) -> Path:
+    """Create ``out`` or refresh an earlier site there; refuse to write into someone else's directory."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ConfigError(f"{out}: directory is not empty and holds no arena site; choose a new or empty one")
+    for sub in OWNED_DIRS:
+        shutil.rmtree(out / sub, ignore_errors=True)
+    for sub in OWNED_DIRS:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `arena publish`; this directory is rewritten on the next publish\n")
+    return out
+
+
+def _copy_assets(dest: Path) -> None:
+    source = resources.files("arena.leaderboard") / "assets"
+    for name in ASSETS:
+        (dest / name).write_bytes((source / name).read_bytes())
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _write_downloads(site: Site) -> None:
+    """The tournament file (or, if none was recorded, its configuration) and the results."""
+    if site.run["source_text"] is not None:
+        _write(site.out / site.toml_name, site.run["source_text"])
+    _write(site.out / "results.json", site.board.render("json"))
+    _write(site.out / "results.csv", site.board.render("csv"))
+
+
+# --- page skeleton and small helpers ---------------------------------------------------------
+
+def _page(site: Site, title: str, body: str, depth: int) -> str:
+    """A complete HTML5 document; ``depth`` is how many folders below the site root it lives."""
+    up = "../" * depth
+    version = site.provenance.get("packages", {}).get("adversarial-arena", "?")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\" />\n"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\" />\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\" />\n"
+        f"<title>{escape(title)}</title>\n"
+        f"<link rel=\"icon\" href=\"{up}assets/favicon.svg\" type=\"image/svg+xml\" />\n"
+        f"<link rel=\"stylesheet\" href=\"{up}assets/site.css\" />\n"
+        f"<script src=\"{up}assets/sort.js\" defer=\"defer\"></script>\n</head>\n<body>\n"
+        + (f"<p class=\"crumbs\"><a href=\"{up}index.html\">← leaderboard</a></p>\n" if depth else "")
+        + body
+        + f"\n<footer>Published by <code>arena publish</code> (adversarial-arena {escape(str(version))})"
+          f" from run {site.run['id']} of <em>{escape(site.run['name'])}</em>.</footer>\n</body>\n</html>\n"
+    )
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    """Numbers for reading: ``pct`` as a percentage, ``s`` as seconds; None as an en dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "s":
+        return f"{value:.2f} s"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _when(t: float | None) -> str:
+    return "–" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _facts(pairs: list[tuple[str, str]]) -> str:
+    """A definition list of (label, already-escaped HTML) pairs."""
+    items = "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>\n" for k, v in pairs)
+    return f"<dl class=\"facts\">\n{items}</dl>\n"
+
+
+def _json_pre(data: Any) -> str:
+    return f"<pre>{escape(json.dumps(data, indent=2, sort_keys=True, default=str))}</pre>\n"
+
+
+# --- the index ---------------------------------------------------------------------------------
+
+def _index_body(site: Site, figures: list[Path]) -> str:
+    run, n_fail = site.run, sum(m["status"] != "ok" for m in site.matches)
+    norms = " ".join(f"<a href=\"#norm-{plots.slugify(s.norm)}\">{escape(s.norm)}</a>" for s in site.board.sections)
+    head = (f"<h1>{escape(run['name'])}</h1>\n<p class=\"muted\">{escape(site.board.title)}</p>\n"
+            f"<p>Run {run['id']} ({escape(run['status'])}), seed {run['seed']}: {len(site.models)} defenses, "
+            f"{len(site.attack_slugs)} attacks, {len(site.matches)} matches ({n_fail} not ok). "
+            f"Started {_when(run['started'])}, finished {_when(run['finished'])}.</p>\n"
+            f"<nav class=\"toc\">Leaderboards: {norms} · <a href=\"#plots\">plots</a> "
+            "<a href=\"#notes\">notes</a> <a href=\"#reproduce\">reproduce</a> "
+            "<a href=\"#provenance\">provenance</a></nav>\n")
+    tables_html = "".join(_section_html(site, s) for s in site.board.sections)
+    return (head + "<h2 id=\"leaderboard\">Leaderboard</h2>\n<p class=\"muted\">Accuracy in %; the "
+            "per-example worst case over a norm's attacks ranks the defenses. Click a column header to "
+            "sort, a cell for its match.</p>\n" + tables_html + _plots_html(figures) + _notes_html(site)
+            + _reproduce_html(site) + "<h2 id=\"provenance\">Provenance</h2>\n" + _provenance_html(site))
+
+
+def _section_html(site: Site, section: tables.Section) -> str:
+    """One norm's sortable table: rank, defense, clean, each attack × budget, worst cases."""
+    links = {(f"{m['attack']} ε={tables.budget_label(m['budget'])}", m["defense"]): m for m in site.matches
+             if m["norm"] == section.norm}
+    head = "<th scope=\"col\" aria-sort=\"none\"><button type=\"button\">#</button></th>" + "".join(
+        f"<th scope=\"col\" aria-sort=\"none\"><button type=\"button\">{escape(h)}</button></th>"
+        for h in section.headers)
+    body = []
+    for rank, row in enumerate(section.rows, 1):
+        defense = row[0]
+        cells = [f"<td data-value=\"{rank}\">{rank}</td>",
+                 f"<td class=\"name\"><a href=\"{site.defense_href(defense)}\">{escape(defense)}</a></td>"]
+        for header, value in zip(section.headers[1:], row[1:]):
+            match = links.get((header, defense))
+            href = site.match_href(match) if match else site.defense_href(defense) if header == "clean" else None
+            cells.append(_cell(value, href, header.startswith("worst ")))
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    sid = plots.slugify(section.norm)
+    return (f"<h3 id=\"norm-{sid}\">{escape(section.norm)}</h3>\n<div class=\"scroll\">\n"
+            f"<table class=\"leaderboard sortable\" id=\"table-{sid}\">\n"
+            f"<caption>{escape(section.norm)}: accuracy in %, ranked by mean worst case</caption>\n"
+            f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n</div>\n")
+
+
+def _cell(value: Any, href: str | None, worst: bool) -> str:
+    """A table cell: numbers as % with a sortable data-value and a colour class, statuses in words."""
+    classes = ["worst"] if worst else []
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        text, data = f"{100 * value:.1f}", f"{value:.6g}"
+        classes.append(f"q{min(10, max(0, round(10 * value)))}")
+    else:
+        text, data = ("–" if value is None else str(value)), ""
+        classes += [] if value is None else ["status"]
+    inner = f"<a href=\"{href}\">{escape(text)}</a>" if href else escape(text)
+    cls = f" class=\"{' '.join(classes)}\"" if classes else ""
+    return f"<td{cls} data-value=\"{escape(data)}\">{inner}</td>"
+
+
+def _plots_html(figures: list[Path]) -> str:
+    items = "".join(
+        f"<figure><img src=\"plots/{escape(p.name)}\" alt=\"{escape(p.stem)}\" />"
+        f"<figcaption>{escape(p.stem)} · <a href=\"plots/{escape(p.with_suffix('.png').name)}\">PNG</a> · "
+        f"<a href=\"plots/{escape(p.name)}\">SVG</a></figcaption></figure>\n" for p in figures)
+    return ("<h2 id=\"plots\">Plots</h2>\n<p class=\"muted\">Adversarial accuracy versus budget per attack "
+            "(budget 0 is clean accuracy; an unbounded row is given in the legend), and defense × attack "
+            "heatmaps at each norm's median budget.</p>\n" + items)
+
+
+def _notes_html(site: Site) -> str:
+    notes = site.board.notes
+    items = "".join(f"<li>{escape(n)}</li>\n" for n in notes) or "<li>No failures, detectors or sanity flags.</li>\n"
+    return f"<h2 id=\"notes\">Notes and sanity flags</h2>\n<ul class=\"notes\">\n{items}</ul>\n"
+
+
+def _reproduce_html(site: Site) -> str:
+    """The exact commands, and the tournament file as recorded when the run started."""
+    run, name = site.run, site.toml_name
+    db = f"results/{Path(name).stem}.db"
+    head = "<h2 id=\"reproduce\">Reproduce</h2>\n"
+    if run["source_text"] is None:
+        return (head + "<p>This run was started without a tournament file; its validated configuration "
+                "(configuration hash <code>" + escape(run["config_hash"]) + "</code>) was:</p>\n"
+                + _json_pre(json.loads(run["config_json"])))
+    digest = hashlib.sha256(run["source_text"].encode()).hexdigest()
+    commands = f"arena run {name}\narena publish {db} site/"
+    return (head + f"<p>Download <a href=\"{escape(name)}\" download=\"{escape(name)}\">{escape(name)}</a> "
+            f"(recorded from <code>{escape(str(run['source']))}</code>; sha256 <code>{digest}</code>; "
+            f"configuration hash <code>{escape(run['config_hash'])}</code>) and run, with the package "
+            "versions listed under provenance:</p>\n"
+            f"<pre id=\"command\">{escape(commands)}</pre>\n<p>The tournament file:</p>\n"
+            f"<pre id=\"tournament-file\">{escape(run['source_text'])}</pre>\n")
+
+
+def _provenance_html(site: Site) -> str:
+    """Where and with what the run was produced."""
+    prov, run = dict(site.provenance), site.run
+    packages = prov.pop("packages", {})
+    pairs = [("run", escape(f"{run['id']} ({run['status']})")), ("seed", escape(str(run["seed"]))),
+             ("configuration hash", f"<code>{escape(run['config_hash'])}</code>"),
+             ("tournament file", escape(str(run["source"] or "–"))),
+             ("started", _when(run["started"])), ("finished", _when(run["finished"]))]
+    pairs += [(k, escape(str(v))) for k, v in sorted(prov.items())]
+    pairs += [(f"package {k}", f"<code>{escape(str(v))}</code>") for k, v in sorted(packages.items())]
+    return _facts(pairs)
+
+
+# --- detail pages ------------------------------------------------------------------------------
+
+def _match_body(site: Site, m: Any) -> str:
+    """A match's status, metrics, error, attack configuration and provenance."""
+    mask = decode_mask(m["robust_mask"]) if m["robust_mask"] else []
+    budget = tables.budget_label(m["budget"])
+    pairs = [("defense", f"<a href=\"../{site.defense_href(m['defense'])}\">{escape(m['defense'])}</a>"),
+             ("attack", escape(m["attack"])), ("attack plugin", f"<code>{escape(m['attack_id'])}</code>"),
+             ("norm", escape(m["norm"])), ("knowledge", escape(m["knowledge"])), ("budget ε", escape(budget)),
+             ("status", f"<strong>{escape(m['status'])}</strong>"),
+             ("robust accuracy", _fmt(m["robust_accuracy"], "pct")),
+             ("robust samples", f"{sum(mask)} of {len(mask)}" if mask else "–"),
+             ("attack success rate", _fmt(m["success_rate"], "pct")),
+             ("mean distance", escape(_fmt(m["mean_distance"]))), ("mean queries", escape(_fmt(m["mean_queries"]))),
+             ("wall time", _fmt(m["wall_seconds"], "s")), ("started", _when(m["started"])),
+             ("finished", _when(m["finished"]))]
+    error = f"<h2>Error</h2>\n<pre class=\"error\">{escape(m['error'])}</pre>\n" if m["error"] else ""
+    return (f"<h1>{escape(m['attack'])} vs {escape(m['defense'])} at ε={escape(budget)}</h1>\n" + _facts(pairs)
+            + error + "<h2>Attack configuration</h2>\n" + _json_pre(json.loads(m["attack_config_json"]))
+            + "<h2>Provenance</h2>\n" + _provenance_html(site)
+            + "<p>To reproduce, see <a href=\"../index.html#reproduce\">the tournament file and command</a>.</p>\n")
+
+
+def _defense_body(site: Site, model: Any) -> str:
+    """A defense's training configuration and the list of its matches."""
+    d = model["defense"]
+    pairs = [("plugin", f"<code>{escape(model['defense_id'])}</code>"), ("kind", escape(model["defense_kind"])),
+             ("clean accuracy", _fmt(model["clean_accuracy"], "pct")),
+             ("detector false-positive rate", _fmt(model["false_positive_rate"], "pct")),
+             ("training time", _fmt(model["train_seconds"], "s")),
+             ("model cache key", f"<code>{escape(str(model['cache_key'] or '–'))}</code>")]
+    rows = "".join(
+        f"<tr><td class=\"name\"><a href=\"../{site.match_href(m)}\">{escape(m['attack'])}</a></td>"
+        f"<td>{escape(m['norm'])}</td><td>{escape(tables.budget_label(m['budget']))}</td>"
+        f"<td>{escape(m['status'])}</td><td>{_fmt(m['robust_accuracy'], 'pct')}</td>"
+        f"<td>{escape(_fmt(m['mean_queries']))}</td><td>{_fmt(m['wall_seconds'], 's')}</td></tr>\n"
+        for m in site.matches if m["defense"] == d)
+    head = "".join(f"<th scope=\"col\">{h}</th>" for h in
+                   ("attack", "norm", "ε", "status", "robust accuracy", "mean queries", "wall time"))
+    return (f"<h1>{escape(d)}</h1>\n" + _facts(pairs) + "<h2>Configuration</h2>\n"
+            + _json_pre(json.loads(model["config_json"])) + "<h2>Matches</h2>\n<div class=\"scroll\">\n"
+            f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n</div>\n")

@@ -1,0 +1,99 @@
+"""Entrants: defended models built once per tournament (trained, loaded from the cache, loaded
+from a file, or wrapped around another entrant), with their clean predictions."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from arena.data import DataSplits, Split
+from arena.defense import DefenseKind
+from arena.model import default_device
+from arena.registry import Registry
+from arena.training import predict
+from arena.tournament.cache import ModelCache, content_key
+from arena.tournament.config import DefenseEntry, PluginRef, merged_params
+from arena.tournament.matches import Entrant
+from arena.tournament.store import encode_mask
+
+
+@dataclass(frozen=True)
+class EntrantSpec:
+    """Everything needed to build one entrant, picklable for remote executors."""
+
+    entry: DefenseEntry
+    architecture: PluginRef
+    dataset: PluginRef
+    training: dict[str, Any]
+    seed: int
+    batch_size: int
+    cache_root: str | None
+    progress: bool = False
+
+
+@dataclass
+class Prepared:
+    entrant: Entrant
+    model_row: dict[str, Any]
+
+
+def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation: Split,
+            parents: dict[str, Entrant]) -> Prepared:
+    """Build the entrant of ``spec`` (``parents`` holds the entrants it wraps or fine-tunes)."""
+    entry, device = spec.entry, default_device()
+    cls = registry.get("defenses", entry.id)
+    defaults = spec.training if cls.defense_kind is DefenseKind.TRAINING else None
+    defense = cls(**merged_params(cls, entry.params, defaults))
+    start = time.perf_counter()
+    detector, key = None, None
+    if cls.defense_kind is DefenseKind.TRAINING:
+        model, key = _train(registry, spec, defense, data, parents, device)
+        base = model
+    elif cls.defense_kind is DefenseKind.PRETRAINED:
+        arch = registry.make_architecture(spec.architecture.id, **spec.architecture.params)
+        model = base = defense.load(arch, data).to(device).eval()
+    else:
+        below = parents[entry.on]
+        base = below.base.to(device)
+        if cls.defense_kind is DefenseKind.INFERENCE:
+            model = defense.wrap(below.model.to(device), data, seed=spec.seed).to(device).eval()
+        else:
+            model, detector = below.model.to(device), defense
+            defense.fit(model, data.train, seed=spec.seed)
+    seconds = time.perf_counter() - start
+    correct = predict(model, evaluation.x.to(device), spec.batch_size).argmax(1).cpu() == evaluation.y
+    fpr = None
+    if detector is not None:
+        with torch.no_grad():
+            fpr = float(detector.detect(model, evaluation.x.to(device)).float().mean())
+    row = dict(defense=entry.label, defense_id=entry.id, defense_kind=cls.defense_kind.value,
+               config=defense.config.model_dump(mode="json"), clean_accuracy=float(correct.float().mean()),
+               clean_mask=encode_mask(correct), false_positive_rate=fpr, cache_key=key, train_seconds=seconds)
+    return Prepared(Entrant(entry.label, defense, model, base, detector, correct, key), row)
+
+
+def _train(registry: Registry, spec: EntrantSpec, defense: Any, data: DataSplits,
+           parents: dict[str, Entrant], device: torch.device) -> tuple[nn.Module, str]:
+    entry = spec.entry
+    arch = registry.make_architecture(spec.architecture.id, **spec.architecture.params)
+    parent = parents[entry.finetune_from] if entry.finetune_from else None
+    key = content_key(defense=entry.id, config=defense.config.model_dump(mode="json"),
+                      architecture=spec.architecture.model_dump(mode="json"),
+                      dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
+                      parent=parent.cache_key if parent else None)
+    cache = ModelCache(Path(spec.cache_root) if spec.cache_root else None)
+    torch.manual_seed(spec.seed)
+    template = defense.build(arch, data.input_shape, data.num_classes)
+    cached = cache.load(key, template)
+    if cached is not None:
+        return cached.to(device), key
+    model = template.to(device)
+    if parent is not None:
+        model.load_state_dict(parent.base.state_dict())
+    defense.train(model, data, seed=spec.seed, finetune=parent is not None, progress=spec.progress)
+    cache.save(key, model)
+    return model.eval(), key

@@ -1,0 +1,157 @@
+"""One match: an attack against one defended model, scored at every budget it serves.
+
+:func:`run_match` is a pure function of its arguments, so that an executor can run it in this
+process or in a Ray worker; the driver alone writes the database. A plugin that raises,
+returns NaN, exceeds its query budget or its time limit fails its own match only: the rows say
+why and the tournament goes on.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from arena.attack import Attack
+from arena.data import Split
+from arena.defense import Defense, DetectorDefense
+from arena.errors import ArenaError
+from arena.model import default_device
+from arena.registry import Registry
+from arena.threat import Knowledge
+from arena.training import predict
+from arena.tournament.store import MatchRow, encode_mask
+
+
+class MatchTimeout(ArenaError):
+    """A match ran past its time limit."""
+
+
+@dataclass
+class Entrant:
+    """A defended model ready to be attacked."""
+
+    label: str
+    defense: Defense
+    model: nn.Module  # the whole defended model (white-box view)
+    base: nn.Module  # the classifier without inference-time parts (gray-box view)
+    detector: DetectorDefense | None
+    clean_correct: torch.Tensor  # bool per evaluated sample
+    cache_key: str | None = None
+
+
+@dataclass(frozen=True)
+class MatchSpec:
+    """Which attack, with what parameters, at which budgets, under which limits."""
+
+    attack: str
+    attack_id: str
+    params: dict[str, Any]
+    budgets: tuple[float, ...]
+    seed: int
+    batch_size: int
+    timeout: float | None = None
+    save_examples: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MatchOutcome:
+    rows: list[MatchRow]
+    examples: dict[str, torch.Tensor] | None = None
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`MatchTimeout` in this thread after ``seconds`` (main thread only)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise MatchTimeout(f"exceeded its time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_match(registry: Registry, entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
+    """Run ``spec`` against ``entrant`` on the evaluation ``data``; never raises for plugin faults."""
+    device = default_device()
+    entrant.model.to(device)
+    attack: Attack = registry.get("attacks", spec.attack_id)(**spec.params)
+    runs = [(None, spec.budgets)] if attack.minimal else [(b, (b,)) for b in spec.budgets]
+    rows, examples = [], {}
+    for eps, served in runs:
+        started, t0 = time.time(), time.perf_counter()
+        try:
+            with time_limit(spec.timeout):
+                out = _attack(entrant, attack, eps, spec, data, device)
+            status, error = "ok", None
+        except MatchTimeout as exc:
+            out, status, error = None, "timed-out", str(exc)
+        except Exception as exc:  # one plugin's failure fails its own match only
+            out, status, error = None, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+        wall = (time.perf_counter() - t0) / len(served)
+        for budget in served:
+            row = MatchRow(defense=entrant.label, attack=spec.attack, budget=budget, attack_id=spec.attack_id,
+                           attack_config=attack.config.model_dump(mode="json"), norm=attack.threat_norm.value,
+                           knowledge=attack.knowledge.value, status=status, error=error, wall_seconds=wall,
+                           started=started, finished=time.time(), provenance=spec.provenance)
+            if out is not None:
+                _score(row, out, budget, entrant)
+            rows.append(row)
+        if out is not None and spec.save_examples:
+            examples["min" if eps is None else f"{eps:g}"] = out["x_adv"]
+    return MatchOutcome(rows, {**examples, "index": out["idx"]} if examples and out else None)
+
+
+def _attack(entrant: Entrant, attack: Attack, eps: float | None, spec: MatchSpec, data: Split,
+            device: torch.device) -> dict[str, torch.Tensor]:
+    """Attack the correctly classified samples in batches; judge on the full defended model."""
+    victim = entrant.base if attack.knowledge is Knowledge.GRAY_BOX else entrant.model
+    idx = torch.nonzero(entrant.clean_correct).flatten()
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("fooled", "detected", "distance", "queries", "x_adv")}
+    for b, start in enumerate(range(0, len(idx), spec.batch_size)):
+        sel = idx[start:start + spec.batch_size]
+        x, y = data.x[sel].to(device), data.y[sel].to(device)
+        result = attack(victim, x, y, eps, seed=spec.seed + b, context=entrant.defense)
+        fooled = result.success
+        if victim is not entrant.model:
+            fooled = predict(entrant.model, result.x_adv).argmax(1) != y
+        if entrant.detector is not None:
+            with torch.no_grad():
+                flagged = entrant.detector.detect(entrant.model, result.x_adv)
+        else:
+            flagged = torch.zeros(len(sel), dtype=torch.bool)
+        for key, value in (("fooled", fooled), ("detected", flagged), ("distance", result.distance),
+                           ("queries", result.queries), ("x_adv", result.x_adv if spec.save_examples else None)):
+            if value is not None:
+                parts[key].append(value.detach().cpu())
+    out = {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
+    out["idx"] = idx
+    return out
+
+
+def _score(row: MatchRow, out: dict[str, torch.Tensor], budget: float, entrant: Entrant) -> None:
+    fooled, distance = out["fooled"].bool(), out["distance"]
+    within = distance <= budget * (1 + 1e-5) + 1e-7
+    broken = fooled & within & ~out["detected"].bool() if len(fooled) else fooled
+    robust = entrant.clean_correct.clone()
+    robust[out["idx"]] = ~broken
+    row.robust_accuracy = float(robust.float().mean())
+    row.success_rate = float(broken.float().sum() / max(len(out["idx"]), 1))
+    finite = distance[fooled & torch.isfinite(distance)] if len(fooled) else distance
+    row.mean_distance = float(finite.mean()) if len(finite) else None
+    row.mean_queries = float(out["queries"].float().mean()) if len(out["queries"]) else 0.0
+    row.robust_mask = encode_mask(robust)
