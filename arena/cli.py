@@ -100,13 +100,19 @@ def run(file: Path, db: Path | None, executor: str, address: str | None, resume:
 @click.option("--format", "fmt", default="table",
               type=click.Choice(["table", "markdown", "latex", "html", "csv", "json"]))
 @click.option("--run", "run_id", type=int, default=None, help="run id (default: the newest)")
+@click.option("--dataset", default=None, help="only if the run is on this dataset")
+@click.option("--budget", type=float, default=None, help="only matches at this budget")
+@click.option("--threat-model", "knowledge", default=None,
+              type=click.Choice(["white-box", "gray-box", "black-box", "adaptive"]), help="only these attacks")
 @user_errors
-def leaderboard(db: Path, fmt: str, run_id: int | None) -> None:
+def leaderboard(db: Path, fmt: str, run_id: int | None, dataset: str | None, budget: float | None,
+                knowledge: str | None) -> None:
     """Print the leaderboard stored in DB."""
     from arena.leaderboard import tables
     from arena.tournament.store import Store
 
-    click.echo(tables.build(Store(db), run_id).render(fmt))
+    board = tables.build(Store(db), run_id, dataset=dataset, budget=budget, knowledge=knowledge)
+    click.echo(board.render(fmt))
 
 
 @cli.command("new-plugin")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
+from arena import checks
 from arena.errors import ConfigError
 from arena.tournament.store import Store, decode_mask
 
@@ -82,20 +83,34 @@ def budget_label(b: float) -> str:
     return "∞" if math.isinf(b) else f"{b:g}"
 
 
-def build(store: Store, run_id: int | None = None) -> Leaderboard:
-    """The leaderboard of ``run_id`` (the newest run by default)."""
+def build(store: Store, run_id: int | None = None, *, dataset: str | None = None,
+          budget: float | None = None, knowledge: str | None = None) -> Leaderboard:
+    """The leaderboard of ``run_id`` (the newest run by default), optionally filtered to one
+    dataset (the run's), one budget and one threat model (attack knowledge)."""
     run_id = run_id if run_id is not None else store.latest_run()
     run = store.run(run_id) if run_id is not None else None
     if run is None:
         raise ConfigError(f"{store.path}: no tournament run found")
+    run_dataset = json.loads(run["config_json"])["dataset"]["id"]
+    if dataset is not None and dataset != run_dataset:
+        raise ConfigError(f"{store.path}: run {run_id} is on dataset '{run_dataset}', not '{dataset}'")
     models, matches = store.models(run_id), store.matches(run_id)
+    if budget is not None:
+        matches = [m for m in matches if math.isclose(m["budget"], budget, rel_tol=1e-9)]
+    if knowledge is not None:
+        matches = [m for m in matches if m["knowledge"] == knowledge]
+    if (budget is not None or knowledge is not None) and not matches:
+        raise ConfigError(f"{store.path}: no match of run {run_id} fits the filters")
     sections = [_section(norm, models, [m for m in matches if m["norm"] == norm])
-                for norm in sorted({m["norm"] for m in matches})]
-    notes = [f"{m['defense']}: detector flags {100 * m['false_positive_rate']:.1f}% of clean inputs"
+                for norm in sorted({m["norm"] for m in matches if m["norm"]})]
+    sections.append(_attack_section(models, matches))
+    notes = [f"sanity: {flag}" for flag in checks.flags(models, matches)]
+    notes += [f"{m['defense']}: detector flags {100 * m['false_positive_rate']:.1f}% of clean inputs"
              for m in models if m["false_positive_rate"] is not None]
     notes += [f"{m['attack']} vs {m['defense']} (ε={budget_label(m['budget'])}): {m['status']}: {m['error']}"
               for m in matches if m["status"] != "ok"]
-    title = f"{run['name']} (run {run_id}, seed {run['seed']}): accuracy in %, ranked by mean worst case"
+    title = (f"{run['name']} on {run_dataset} (run {run_id}, seed {run['seed']}): accuracy in %, "
+             "defenses ranked by mean worst case")
     return Leaderboard(title, sections, notes, _long_rows(models, matches))
 
 
@@ -118,6 +133,27 @@ def _section(norm: str, models: list, matches: list) -> Section:
     k = len(budgets)
     rows.sort(key=lambda r: -_mean([v for v in r[len(r) - k:] if isinstance(v, float)]))
     return Section(norm, headers, rows)
+
+
+def _attack_section(models: list, matches: list) -> Section:
+    """Attacks ranked by mean success against every defense (NIPS 2017 competition style: an
+    attack scores the share of defended, correctly classified samples it breaks)."""
+    defenses = [m["defense"] for m in models]
+    keys = list(dict.fromkeys((m["attack"], m["budget"]) for m in matches if m["status"] == "ok"))
+    by_key = {(m["defense"], m["attack"], m["budget"]): m for m in matches}
+    headers = ["attack", "threat model", "ε", "score"] + [f"vs {d}" for d in defenses] + ["queries", "seconds"]
+    rows = []
+    for attack, budget in keys:
+        cells = [by_key.get((d, attack, budget)) for d in defenses]
+        ok = [c for c in cells if c is not None and c["status"] == "ok"]
+        first = ok[0]
+        rates = [c["success_rate"] if c is not None and c["status"] == "ok" else None for c in cells]
+        queries = _mean([c["mean_queries"] or 0.0 for c in ok])
+        seconds = sum(c["wall_seconds"] or 0.0 for c in ok)
+        rows.append([attack, f"{first['knowledge']} {first['norm']}", budget_label(budget),
+                     _mean([r for r in rates if r is not None]), *rates, f"{queries:.0f}", f"{seconds:.1f}"])
+    rows.sort(key=lambda r: -r[3])
+    return Section("attacks (success rate in %)", headers, rows)
 
 
 def _worst(model, matches: list) -> float | None:

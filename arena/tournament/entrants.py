@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from arena.checks import model_checks
 from arena.data import DataSplits, Split
 from arena.defense import DefenseKind
 from arena.model import default_device
@@ -70,7 +71,8 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
     if detector is not None:
         with torch.no_grad():
             fpr = float(detector.detect(model, evaluation.x.to(device)).float().mean())
-    row = dict(defense=entry.label, defense_id=entry.id, defense_kind=cls.defense_kind.value,
+    checks = model_checks(model, evaluation.x[:64].to(device), evaluation.y[:64].to(device))
+    row = dict(defense=entry.label, checks=checks, defense_id=entry.id, defense_kind=cls.defense_kind.value,
                config=defense.config.model_dump(mode="json"), clean_accuracy=float(correct.float().mean()),
                clean_mask=encode_mask(correct), false_positive_rate=fpr, cache_key=key, train_seconds=seconds)
     return Prepared(Entrant(entry.label, defense, model, base, detector, correct, key), row)

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS models (
     false_positive_rate REAL,
     cache_key TEXT,
     train_seconds REAL,
+    checks_json TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (run_id, defense)
 );
 CREATE TABLE IF NOT EXISTS matches (
@@ -61,6 +62,12 @@ CREATE TABLE IF NOT EXISTS matches (
     PRIMARY KEY (run_id, defense, attack, budget)
 );
 """
+
+# Columns added after the first release: older databases get them on open.
+MIGRATIONS = (
+    ("models", "checks_json", "TEXT NOT NULL DEFAULT '{}'"),
+    ("matches", "provenance_json", "TEXT NOT NULL DEFAULT '{}'"),
+)
 
 
 @dataclass
@@ -97,6 +104,10 @@ class Store:
         self.conn = sqlite3.connect(str(self.path))
         self.conn.row_factory = sqlite3.Row
         self.conn.executescript(SCHEMA)
+        for table, column, decl in MIGRATIONS:
+            present = {r["name"] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self.conn.commit()
 
     def close(self) -> None:
@@ -125,6 +136,7 @@ class Store:
 
     def save_model(self, run_id: int, **fields: Any) -> None:
         fields["config_json"] = json.dumps(fields.pop("config"))
+        fields["checks_json"] = json.dumps(fields.pop("checks", {}))
         cols = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         self.conn.execute(f"INSERT OR REPLACE INTO models (run_id, {cols}) VALUES (?, {marks})",

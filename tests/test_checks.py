@@ -1,0 +1,90 @@
+"""Evaluation sanity checks flag what they exist for, and stay quiet on a sound evaluation."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from arena.checks import flags, model_checks
+from arena.tournament.store import MatchRow, Store
+
+
+class Softmaxed(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).softmax(1)
+
+
+class Rounded(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x))
+
+
+class Noisy(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out + torch.randn_like(out)
+
+
+def test_model_checks_on_known_models(model, batch):
+    x, y = batch
+    clean = model_checks(model, x, y)
+    assert clean == {"zero_gradient_share": 0.0, "outputs_probabilities": False, "randomized": False}
+    assert model_checks(Softmaxed(model), x, y)["outputs_probabilities"]
+    assert model_checks(Rounded(model), x, y)["zero_gradient_share"] == 1.0
+    assert model_checks(Noisy(model), x, y)["randomized"]
+
+
+def _store(tmp_path, rows, checks=None):
+    store = Store(tmp_path / "c.db")
+    run = store.start_run("c", "h", {"dataset": {"id": "digits"}}, None, None, 42, 0.0, {})
+    store.save_model(run, defense="d", defense_id="standard", defense_kind="training-time", config={},
+                     clean_accuracy=1.0, clean_mask="1111", false_positive_rate=None, cache_key=None,
+                     train_seconds=0.0, checks=checks or {})
+    for attack, knowledge, budget, mask, queries, success in rows:
+        store.save_match(run, MatchRow(defense="d", attack=attack, budget=budget, attack_id=attack,
+                                       attack_config={}, norm="linf", knowledge=knowledge, status="ok",
+                                       robust_accuracy=mask.count("1") / 4, success_rate=success,
+                                       robust_mask=mask, mean_queries=queries))
+    return store.models(run), store.matches(run)
+
+
+def _checks(found):
+    return sorted({f.check for f in found})
+
+
+def test_a_sound_evaluation_raises_no_flag(tmp_path):
+    rows = [("fgsm", "white-box", 0.1, "1100", 1, 0.5), ("pgd", "white-box", 0.1, "1000", 20, 0.75),
+            ("pgd", "white-box", 0.3, "0000", 20, 1.0), ("hsj", "black-box", 0.1, "1000", 500, 0.75)]
+    assert flags(*_store(tmp_path, rows)) == []
+
+
+def test_each_result_pattern_raises_its_flag(tmp_path):
+    rows = [("fgsm", "white-box", 0.1, "1000", 1, 0.75),        # single step beats pgd
+            ("pgd", "white-box", 0.1, "1100", 20, 0.5),
+            ("pgd", "white-box", 0.3, "1110", 20, 0.25),        # accuracy rises with the budget
+            ("hsj", "black-box", 0.1, "0100", 500, 0.75),       # breaks example 0, which white-box missed
+            ("deepfool", "white-box", math.inf, "1000", 3, 0.75)]  # unbounded but not ~100% success
+    found = flags(*_store(tmp_path, rows))
+    assert _checks(found) == ["non-monotonic", "single-step-wins", "unbounded-fails", "weaker-access-wins"]
+    text = "\n".join(map(str, found))
+    assert "hsj (black-box) breaks 1 examples at ε=0.1" in text and "suggests" in text
+
+
+def test_model_probe_findings_become_flags(tmp_path):
+    checks = {"zero_gradient_share": 0.5, "outputs_probabilities": True, "randomized": True}
+    found = flags(*_store(tmp_path, [("pgd", "white-box", 0.1, "1000", 20, 0.75)], checks))
+    assert _checks(found) == ["probabilities", "randomized-without-eot", "zero-gradients"]
+    assert any("eot" in f.suggestion for f in found)
