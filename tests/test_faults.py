@@ -123,7 +123,7 @@ def test_a_killed_run_resumes_with_every_match_exactly_once(tmp_path):
     path.write_text(TOURNAMENT)
     db, cache = tmp_path / "k.db", str(tmp_path / "cache")
     proc = _arena("run", str(path), "--db", str(db), "--cache-dir", cache, "--quiet", cwd=tmp_path)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline and proc.poll() is None:
         if db.exists() and len(_rows(db)) >= 3:
             break
