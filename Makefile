@@ -11,12 +11,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test fashion-mnist clean
+.PHONY: demo test fashion-mnist chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)" 2>&1 | $(QUIET)
-	$(BIN)/python -m pip install -q -e ".[test]" 2>&1 | $(QUIET)
+	$(BIN)/python -m pip install -q -e ".[test,ray]" 2>&1 | $(QUIET)
 	$(BIN)/python -c "import torch, arena, pytest"
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -29,7 +29,13 @@ fashion-mnist:
 	@test -d $(FASHION) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 		|| echo "note: dataset-fashion-mnist not installed; its tests will be skipped"
 
-test: $(STAMP) fashion-mnist
+# Headless Chromium for the published-site browser test (skipped where absent).
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+		|| echo "note: chromium not installed; the browser test will be skipped"
+
+test: $(STAMP) fashion-mnist chromium
 	$(BIN)/python -m pytest -q
 
 clean:

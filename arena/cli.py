@@ -115,6 +115,20 @@ def leaderboard(db: Path, fmt: str, run_id: int | None, dataset: str | None, bud
     click.echo(board.render(fmt))
 
 
+@cli.command()
+@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--run", "run_id", type=int, default=None, help="run id (default: the newest)")
+@user_errors
+def publish(db: Path, directory: Path, run_id: int | None) -> None:
+    """Write a self-contained static website of the leaderboard in DB into DIRECTORY."""
+    from arena.leaderboard.site import publish as write_site
+    from arena.tournament.store import Store
+
+    index = write_site(Store(db), run_id, directory)
+    click.echo(f"published {index}")
+
+
 @cli.command("new-plugin")
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."))

@@ -22,6 +22,8 @@ from arena.tournament.store import Store, decode_mask
 
 FORMATS = ("png", "svg")
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None}}
+# Names are shown as written (no $...$ mathtext); SVG ids and glyphs do not vary between runs.
+_STYLE = {"text.parse_math": False, "svg.hashsalt": "arena", "svg.fonttype": "path"}
 
 
 def slugify(text: str) -> str:
@@ -62,14 +64,12 @@ def _pyplot():
 
 def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
     """Write ``fig`` as ``stem.png`` and ``stem.svg`` with reproducible content, then close it."""
-    plt = _pyplot()
     paths = []
-    with plt.rc_context({"svg.hashsalt": "arena", "svg.fonttype": "path"}):
-        for fmt in FORMATS:
-            path = out_dir / f"{stem}.{fmt}"
-            fig.savefig(path, format=fmt, dpi=120, bbox_inches="tight", metadata=_METADATA[fmt])
-            paths.append(path)
-    plt.close(fig)
+    for fmt in FORMATS:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, format=fmt, dpi=120, bbox_inches="tight", metadata=_METADATA[fmt])
+        paths.append(path)
+    _pyplot().close(fig)
     return paths
 
 
@@ -93,10 +93,10 @@ def accuracy_vs_budget(store: Store, run_id: int | None, out_dir: str | Path) ->
     attacks = list(dict.fromkeys(m["attack"] for m in matches))
     slugs = unique_slugs(attacks)
     paths: list[Path] = []
-    for attack in attacks:
-        rows = [m for m in matches if m["attack"] == attack]
-        fig = _accuracy_figure(attack, rows, models)
-        paths += _save(fig, out_dir, f"accuracy-{slugs[attack]}")
+    with _pyplot().rc_context(_STYLE):
+        for attack in attacks:
+            fig = _accuracy_figure(attack, [m for m in matches if m["attack"] == attack], models)
+            paths += _save(fig, out_dir, f"accuracy-{slugs[attack]}")
     return paths
 
 
@@ -114,6 +114,7 @@ def _accuracy_figure(attack: str, rows: list, models: list) -> Any:
                 xs.append(m["budget"])
                 ys.append(_pct(m))
         ax.plot(xs, ys, marker="o", label=d + _unbounded_label(mine))
+    _budget_axis(ax, rows)
     ax.set_xlabel(f"budget ε ({first['norm']})")
     ax.set_ylabel("adversarial accuracy (%)")
     ax.set_ylim(-2, 102)
@@ -121,6 +122,16 @@ def _accuracy_figure(attack: str, rows: list, models: list) -> Any:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return fig
+
+
+def _budget_axis(ax: Any, rows: list) -> None:
+    """Start the budget axis at 0 and, if no match of the attack succeeded, say so on the plot."""
+    finite = [m["budget"] for m in rows if not math.isinf(m["budget"])]
+    top = max(finite, default=0.0) or 1.0
+    ax.set_xlim(-0.03 * top, 1.03 * top)
+    if not any(m["status"] == "ok" for m in rows):
+        ax.text(0.5, 0.5, "every match of this attack failed to run\n(see the notes)", transform=ax.transAxes,
+                ha="center", va="center", color="#a61b1b")
 
 
 def _pct(m: Any) -> float:
@@ -170,10 +181,10 @@ def heatmap(store: Store, run_id: int | None, out_dir: str | Path, budget: float
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for norm, eps in _chosen_budgets(matches, budget).items():
-        rows = [m for m in matches if m["norm"] == norm and m["budget"] == eps]
-        fig = _heatmap_figure(norm, eps, models, rows)
-        paths += _save(fig, out_dir, f"heatmap-{slugify(norm)}-{budget_slug(eps)}")
+    with _pyplot().rc_context(_STYLE):
+        for norm, eps in _chosen_budgets(matches, budget).items():
+            fig = _heatmap_figure(norm, eps, models, [m for m in matches if m["norm"] == norm and m["budget"] == eps])
+            paths += _save(fig, out_dir, f"heatmap-{slugify(norm)}-{budget_slug(eps)}")
     return paths
 
 
@@ -211,12 +222,13 @@ def _worst(rows: list, model: Any) -> float | None:
 def _heatmap_figure(norm: str, eps: float, models: list, rows: list) -> Any:
     """One norm's annotated heatmap at budget ``eps``."""
     plt = _pyplot()
+    import matplotlib
     import numpy as np
 
     columns, values, texts = _heatmap_grid(models, rows)
     data = np.ma.masked_invalid(np.array(values, dtype=float))
     fig, ax = plt.subplots(figsize=(1.3 * len(columns) + 2.5, 0.5 * len(models) + 1.8))
-    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     image = ax.imshow(data, cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
     ax.set_yticks(range(len(models)), [m["defense"] for m in models])

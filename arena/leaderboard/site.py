@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from html import escape
 from importlib import resources
@@ -50,6 +50,15 @@ class Site:
     defense_slugs: dict[str, str]
     attack_slugs: dict[str, str]
     toml_name: str
+    by_column: dict = field(default_factory=dict)
+    by_label: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Index the matches by (defense, column header) and (defense, attack, budget label)."""
+        for m in self.matches:
+            label = tables.budget_label(m["budget"])
+            self.by_column[(m["defense"], f"{m['attack']} ε={label}")] = m
+            self.by_label[(m["defense"], m["attack"], label)] = m
 
     def match_href(self, m: Any) -> str:
         """The match page's path relative to the site root."""
@@ -57,6 +66,7 @@ class Site:
                 f"--{plots.budget_slug(m['budget'])}.html")
 
     def defense_href(self, defense: str) -> str:
+        """The defense page's path relative to the site root."""
         return f"defenses/{self.defense_slugs[defense]}.html"
 
 
@@ -69,10 +79,11 @@ def publish(store: Store, run_id: int | None, out_dir: str | Path) -> Path:
     run_id = run_id if run_id is not None else store.latest_run()
     run = store.run(run_id)
     out = _prepare(Path(out_dir))
-    site = Site(out, run, json.loads(run["provenance_json"] or "{}"), board, store.models(run_id),
-                store.matches(run_id), plots.unique_slugs([m["defense"] for m in store.models(run_id)]),
-                plots.unique_slugs([m["attack"] for m in store.matches(run_id)]),
-                f"{plots.slugify(Path(run['source']).stem if run['source'] else run['name'])}.toml")
+    models, matches = store.models(run_id), store.matches(run_id)
+    stem = Path(run["source"]).stem if run["source"] else run["name"]
+    site = Site(out, run, json.loads(run["provenance_json"] or "{}"), board, models, matches,
+                plots.unique_slugs([m["defense"] for m in models]), plots.unique_slugs([m["attack"] for m in matches]),
+                f"{plots.slugify(stem)}.toml")
     _copy_assets(out / "assets")
     figures = plots.accuracy_vs_budget(store, run_id, out / "plots") + plots.heatmap(store, run_id, out / "plots")
     _write_downloads(site)
@@ -100,12 +111,14 @@ def _prepare(out: Path) -> Path:
 
 
 def _copy_assets(dest: Path) -> None:
+    """Copy the stylesheet, the sorting script and the icon shipped in arena/leaderboard/assets."""
     source = resources.files("arena.leaderboard") / "assets"
     for name in ASSETS:
         (dest / name).write_bytes((source / name).read_bytes())
 
 
 def _write(path: Path, text: str) -> None:
+    """Write UTF-8 text, whatever the locale."""
     path.write_text(text, encoding="utf-8")
 
 
@@ -152,6 +165,7 @@ def _fmt(value: Any, kind: str = "") -> str:
 
 
 def _when(t: float | None) -> str:
+    """A Unix time as UTC, to the second."""
     return "–" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -161,13 +175,25 @@ def _facts(pairs: list[tuple[str, str]]) -> str:
     return f"<dl class=\"facts\">\n{items}</dl>\n"
 
 
+def _get(row: Any, key: str) -> Any:
+    """A column of a database row, None where an older database lacks it."""
+    return row[key] if key in row.keys() else None
+
+
+def _loads(text: str | None) -> Any:
+    """JSON text from the database, ``{}`` when absent."""
+    return json.loads(text) if text else {}
+
+
 def _json_pre(data: Any) -> str:
+    """Pretty, key-sorted, escaped JSON in a <pre>."""
     return f"<pre>{escape(json.dumps(data, indent=2, sort_keys=True, default=str))}</pre>\n"
 
 
 # --- the index ---------------------------------------------------------------------------------
 
 def _index_body(site: Site, figures: list[Path]) -> str:
+    """The front page: summary, one table per norm, plots, notes, reproduce, provenance."""
     run, n_fail = site.run, sum(m["status"] != "ok" for m in site.matches)
     norms = " ".join(f"<a href=\"#norm-{plots.slugify(s.norm)}\">{escape(s.norm)}</a>" for s in site.board.sections)
     head = (f"<h1>{escape(run['name'])}</h1>\n<p class=\"muted\">{escape(site.board.title)}</p>\n"
@@ -185,44 +211,68 @@ def _index_body(site: Site, figures: list[Path]) -> str:
 
 
 def _section_html(site: Site, section: tables.Section) -> str:
-    """One norm's sortable table: rank, defense, clean, each attack × budget, worst cases."""
-    links = {(f"{m['attack']} ε={tables.budget_label(m['budget'])}", m["defense"]): m for m in site.matches
-             if m["norm"] == section.norm}
-    head = "<th scope=\"col\" aria-sort=\"none\"><button type=\"button\">#</button></th>" + "".join(
-        f"<th scope=\"col\" aria-sort=\"none\"><button type=\"button\">{escape(h)}</button></th>"
-        for h in section.headers)
+    """One sortable table: a norm's defenses (rank, clean, attack × budget, worst cases) or the
+    attacks' ranking (success against every defense). Cells link to their match pages."""
+    defenses = bool(section.headers) and section.headers[0] == "defense"
+    head = "".join(f"<th scope=\"col\"{cls} aria-sort=\"none\"><button type=\"button\">{escape(h)}</button></th>"
+                   for h, cls in zip(["#", *section.headers], ["", " class=\"name\""] + [""] * len(section.headers)))
     body = []
     for rank, row in enumerate(section.rows, 1):
-        defense = row[0]
-        cells = [f"<td data-value=\"{rank}\">{rank}</td>",
-                 f"<td class=\"name\"><a href=\"{site.defense_href(defense)}\">{escape(defense)}</a></td>"]
+        first = site.defense_href(row[0]) if defenses and row[0] in site.defense_slugs else None
+        cells = [f"<td data-value=\"{rank}\">{rank}</td>", _cell(row[0], first, "name")]
         for header, value in zip(section.headers[1:], row[1:]):
-            match = links.get((header, defense))
-            href = site.match_href(match) if match else site.defense_href(defense) if header == "clean" else None
-            cells.append(_cell(value, href, header.startswith("worst ")))
+            href = _cell_href(site, defenses, row, header)
+            kind = "worst" if defenses and header.startswith("worst ") else "acc" if defenses else "rate"
+            cells.append(_cell(value, href, "status" if href and isinstance(value, str) else kind))
         body.append("<tr>" + "".join(cells) + "</tr>")
     sid = plots.slugify(section.norm)
+    caption = (f"{section.norm}: accuracy in %, defenses ranked by mean worst case" if defenses else
+               f"{section.norm}: attacks ranked by mean success against every defense")
     return (f"<h3 id=\"norm-{sid}\">{escape(section.norm)}</h3>\n<div class=\"scroll\">\n"
-            f"<table class=\"leaderboard sortable\" id=\"table-{sid}\">\n"
-            f"<caption>{escape(section.norm)}: accuracy in %, ranked by mean worst case</caption>\n"
+            f"<table class=\"leaderboard sortable\" id=\"table-{sid}\">\n<caption>{escape(caption)}</caption>\n"
             f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n</div>\n")
 
 
-def _cell(value: Any, href: str | None, worst: bool) -> str:
-    """A table cell: numbers as % with a sortable data-value and a colour class, statuses in words."""
-    classes = ["worst"] if worst else []
+def _cell_href(site: Site, defenses: bool, row: list, header: str) -> str | None:
+    """The page a cell links to: its match, or for a clean accuracy its defense."""
+    if defenses:
+        if header == "clean":
+            return site.defense_href(row[0]) if row[0] in site.defense_slugs else None
+        match = site.by_column.get((row[0], header))
+    else:  # the attacks' table: row = [attack, threat model, ε label, score, vs <defense>..., ...]
+        defense = header[3:] if header.startswith("vs ") else None
+        match = site.by_label.get((defense, row[0], str(row[2]))) if len(row) > 2 else None
+    return site.match_href(match) if match is not None else None
+
+
+def _cell(value: Any, href: str | None, kind: str) -> str:
+    """A table cell. Floats are shares shown in % with a sortable data-value (accuracies also get a
+    colour class); numeric text sorts as a number; ``kind`` "status" marks a match that failed."""
+    classes = [kind] if kind in ("name", "worst", "status") else []
+    text, data = ("–" if value is None else str(value)), ""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         text, data = f"{100 * value:.1f}", f"{value:.6g}"
-        classes.append(f"q{min(10, max(0, round(10 * value)))}")
-    else:
-        text, data = ("–" if value is None else str(value)), ""
-        classes += [] if value is None else ["status"]
+        if kind in ("acc", "worst"):
+            classes.append(f"q{min(10, max(0, round(10 * value)))}")
+    elif isinstance(value, str) and _is_number(value):
+        data = value
+    elif kind == "rate" and value is not None:
+        classes.append("text")
     inner = f"<a href=\"{href}\">{escape(text)}</a>" if href else escape(text)
     cls = f" class=\"{' '.join(classes)}\"" if classes else ""
     return f"<td{cls} data-value=\"{escape(data)}\">{inner}</td>"
 
 
+def _is_number(text: str) -> bool:
+    """Whether ``text`` reads as a finite number ("12", "3.5"), so that it sorts as one."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _plots_html(figures: list[Path]) -> str:
+    """The SVG figures, each with links to its PNG and SVG files."""
     items = "".join(
         f"<figure><img src=\"plots/{escape(p.name)}\" alt=\"{escape(p.stem)}\" />"
         f"<figcaption>{escape(p.stem)} · <a href=\"plots/{escape(p.with_suffix('.png').name)}\">PNG</a> · "
@@ -233,8 +283,10 @@ def _plots_html(figures: list[Path]) -> str:
 
 
 def _notes_html(site: Site) -> str:
-    notes = site.board.notes
-    items = "".join(f"<li>{escape(n)}</li>\n" for n in notes) or "<li>No failures, detectors or sanity flags.</li>\n"
+    """The leaderboard footnotes: failures, detector false-positive rates, sanity flags."""
+    flag = " class=\"flag\""
+    items = "".join(f"<li{flag if n.startswith('sanity:') else ''}>{escape(n)}</li>\n"
+                    for n in site.board.notes) or "<li>No failures, detectors or sanity flags.</li>\n"
     return f"<h2 id=\"notes\">Notes and sanity flags</h2>\n<ul class=\"notes\">\n{items}</ul>\n"
 
 
@@ -261,6 +313,7 @@ def _provenance_html(site: Site) -> str:
     """Where and with what the run was produced."""
     prov, run = dict(site.provenance), site.run
     packages = prov.pop("packages", {})
+    prov.pop("config_hash", None)  # shown from the run row
     pairs = [("run", escape(f"{run['id']} ({run['status']})")), ("seed", escape(str(run["seed"]))),
              ("configuration hash", f"<code>{escape(run['config_hash'])}</code>"),
              ("tournament file", escape(str(run["source"] or "–"))),
@@ -289,7 +342,8 @@ def _match_body(site: Site, m: Any) -> str:
     error = f"<h2>Error</h2>\n<pre class=\"error\">{escape(m['error'])}</pre>\n" if m["error"] else ""
     return (f"<h1>{escape(m['attack'])} vs {escape(m['defense'])} at ε={escape(budget)}</h1>\n" + _facts(pairs)
             + error + "<h2>Attack configuration</h2>\n" + _json_pre(json.loads(m["attack_config_json"]))
-            + "<h2>Provenance</h2>\n" + _provenance_html(site)
+            + "<h2>Match provenance</h2>\n" + _json_pre(_loads(_get(m, "provenance_json")))
+            + "<h2>Run provenance</h2>\n" + _provenance_html(site)
             + "<p>To reproduce, see <a href=\"../index.html#reproduce\">the tournament file and command</a>.</p>\n")
 
 
@@ -310,5 +364,6 @@ def _defense_body(site: Site, model: Any) -> str:
     head = "".join(f"<th scope=\"col\">{h}</th>" for h in
                    ("attack", "norm", "ε", "status", "robust accuracy", "mean queries", "wall time"))
     return (f"<h1>{escape(d)}</h1>\n" + _facts(pairs) + "<h2>Configuration</h2>\n"
-            + _json_pre(json.loads(model["config_json"])) + "<h2>Matches</h2>\n<div class=\"scroll\">\n"
+            + _json_pre(json.loads(model["config_json"])) + "<h2>Model probes (sanity checks)</h2>\n"
+            + _json_pre(_loads(_get(model, "checks_json"))) + "<h2>Matches</h2>\n<div class=\"scroll\">\n"
             f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n</div>\n")
