@@ -1,1 +1,233 @@
-"""(work in progress: this plugin family is being written)."""
+"""The Jacobian-based Saliency Map Attack (Papernot et al., 2016), batched over samples.
+
+Per iteration, one forward pass and two vector–Jacobian products give, for every active sample,
+the forward derivative of the target logit, α-terms ``∂Z_t/∂x``, and of the other logits,
+β-terms ``Σ_{j≠t} ∂Z_j/∂x``; the saliency map over feature pairs is searched with tensor ops in
+memory-bounded blocks, and samples that reached their goal (or ran out of budget) leave the batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from arena import hookimpl
+from arena.attack import MinimalAttack, RunOutput
+from arena.plugin import PluginConfig
+from arena.threat import Norm
+
+# Largest number of pair scores (samples × rows × features) held at once in the pair search.
+_PAIR_BLOCK = 1 << 22
+
+
+class JSMAConfig(PluginConfig):
+    theta: float = Field(1.0, ge=-1, le=1, description="change θ applied to a chosen feature "
+                         "(+1 sets it to the maximum; negative values decrease features)")
+    max_distortion: float = Field(1.0, gt=0, le=1, description="γ: largest fraction of the "
+                                  "input features that may be changed (seed 001: 1)")
+    single_pixel: bool = Field(False, description="change one feature per iteration (paper §3 "
+                               "single-feature map; seed 002's 1-pixel JSMA) instead of a pair")
+    max_iterations: int | None = Field(None, ge=1, description="iteration cap (seed 002: 80 on "
+                                       "MNIST; seed 003: 100); default: as many as γ allows")
+    revisit: bool = Field(False, description="keep changed features searchable until they reach "
+                          "the input bound (ART's variant, which seed 001 ran with θ = 0.1)")
+    untargeted_goal: Literal["random", "runner-up"] = Field(
+        "random", description="untargeted runs: steer towards a random class ≠ y drawn once, or "
+        "towards the currently most likely class ≠ y, re-chosen every iteration")
+    fallback: bool = Field(True, description="when no feature pair meets the saliency map's sign "
+                           "conditions, take the pair with the largest α − β instead of stopping")
+
+    @field_validator("theta")
+    @classmethod
+    def _nonzero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("theta must be non-zero")
+        return value
+
+
+class JSMA(MinimalAttack):
+    """Jacobian-based Saliency Map Attack, L0 (Papernot, McDaniel, Jha, Fredrikson, Celik and
+    Swami, "The Limitations of Deep Learning in Adversarial Settings", EuroS&P 2016, §III,
+    Algorithms 2–3, eq. 8–10).
+
+    Each iteration computes the forward derivative at the current point and changes by θ the
+    pair of features (p, q) that maximises the saliency ``α·|β|`` with ``α = Σ_{i∈{p,q}}
+    ∂Z_t/∂x_i > 0`` and ``β = Σ_{i∈{p,q}} Σ_{j≠t} ∂Z_j/∂x_i < 0`` (signs flipped for θ < 0);
+    changed features leave the search domain. It stops when the goal is reached, when γ·D
+    features would be exceeded, or when no feature can move. Conventions follow cleverhans'
+    ``SaliencyMapMethod``: the derivatives are those of the logits Z, ``theta`` is the change
+    per feature (default +1), ``max_distortion`` is γ, the largest fraction of features changed
+    (default 1, up to all of them). Seed 001 §4.1 (3) runs "γ = 1, θ = 0.1" with ART's defaults,
+    where θ is also the per-feature change but a feature may be changed again until it
+    saturates: ``theta=0.1, revisit=True`` reproduces that. Seed 002 uses the single-feature
+    variant (``single_pixel=True``, 80 iterations on MNIST).
+
+    Targeted when ``targets`` are given. Untargeted, the attack steers towards a random class
+    ≠ y (drawn with the seeded generator, as cleverhans and ART do when no target is given) or,
+    with ``untargeted_goal="runner-up"``, towards the most likely wrong class at each
+    iteration; either way it stops at the first misclassification, which is what the harness
+    judges, so distances are the L0 needed to change the prediction. Where the paper's sign
+    conditions hold for no pair (Algorithm 3 is silent; cleverhans then modifies feature 0),
+    the pair with the largest α − β is taken (``fallback=False`` stops the sample instead).
+    Queries: one forward pass (and two vector–Jacobian products) per iteration.
+    """
+
+    id: ClassVar[str] = "jsma"
+    norm: ClassVar[Norm] = Norm.L0
+    Config = JSMAConfig
+
+    def limits(self, features: int) -> tuple[int, int, int]:
+        """(features changed per iteration k, feature budget ⌊γ·D⌋, iteration cap)."""
+        cfg = self.config
+        k = 1 if cfg.single_pixel else 2
+        cap = math.floor(cfg.max_distortion * features + 1e-9)
+        if cfg.max_iterations is not None:
+            return k, cap, cfg.max_iterations
+        repeats = math.ceil(1 / abs(cfg.theta) - 1e-9) if cfg.revisit else 1
+        return k, cap, math.ceil(cap / k) * repeats
+
+    def run(self, model, x, y, eps, targets):
+        state = _State.start(x, y, targets)
+        k, cap, limit = self.limits(state.x_adv.shape[1])
+        for iteration in range(limit + 1):
+            idx = state.active
+            xa = state.x_adv[idx].detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(xa.view((-1,) + x.shape[1:]))
+            state.queries[idx] += 1
+            goal = self._goal(state, logits.detach(), idx)
+            reached = _reached(logits.detach(), state.y[idx], state.targets, idx)
+            if iteration == limit:
+                break
+            domain = self._domain(state, idx, k, cap)
+            go = ~reached & (domain.sum(dim=1) >= k)
+            picks, found = self._select(logits, xa, goal, domain, go, k)
+            go &= found
+            self._apply(state, idx[go], picks[go])
+            state.active = idx[go]
+            if not state.active.numel():
+                break
+        return RunOutput(state.x_adv.view_as(x), state.queries)
+
+    def _goal(self, state: _State, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The class each active sample is steered towards this iteration."""
+        if state.targets is not None:
+            return state.targets[idx]
+        y = state.y[idx]
+        if self.config.untargeted_goal == "runner-up":
+            return logits.scatter(1, y.unsqueeze(1), float("-inf")).argmax(dim=1)
+        if state.random_goal is None:  # first iteration: every sample is active
+            shift = torch.randint(1, logits.shape[1], y.shape, device=y.device)
+            state.random_goal = (y + shift) % logits.shape[1]
+        return state.random_goal[idx]
+
+    def _domain(self, state: _State, idx: torch.Tensor, k: int, cap: int) -> torch.Tensor:
+        """Features each active sample may change now (the paper's search domain Γ)."""
+        x, used = state.x_adv[idx], state.used[idx]
+        movable = x < 1 if self.config.theta > 0 else x > 0
+        fresh = (used.sum(dim=1, keepdim=True) + k) <= cap
+        if self.config.revisit:
+            return movable & (used | fresh)
+        return movable & ~used & fresh
+
+    def _select(self, logits, xa, goal, domain, go, k):
+        """The ``k`` features to change per sample and whether a choice was found."""
+        alpha, beta = _forward_derivatives(logits, xa, goal, go)
+        if self.config.theta < 0:
+            alpha, beta = -alpha, -beta
+        if k == 1:
+            picks, found = _best_single(alpha, beta, domain)
+        else:
+            picks, found = _best_pairs(alpha, beta, domain)
+        if self.config.fallback:
+            relaxed = (alpha - beta).masked_fill(~domain, float("-inf")).topk(k, dim=1).indices
+            picks = torch.where(found.unsqueeze(1), picks, relaxed)
+            found = torch.ones_like(found)
+        return picks, found
+
+    def _apply(self, state: _State, rows: torch.Tensor, picks: torch.Tensor) -> None:
+        """Change the picked features of ``rows`` by θ, clipped to [0, 1]."""
+        rr = rows.unsqueeze(1).expand_as(picks)
+        state.x_adv[rr, picks] = (state.x_adv[rr, picks] + self.config.theta).clamp(0, 1)
+        state.used[rr, picks] = True
+
+
+@dataclass
+class _State:
+    """The attack's per-sample state: flattened iterates, changed features, queries, goals."""
+
+    x_adv: torch.Tensor
+    used: torch.Tensor
+    queries: torch.Tensor
+    active: torch.Tensor
+    y: torch.Tensor
+    targets: torch.Tensor | None
+    random_goal: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> _State:
+        flat = x.detach().flatten(1).clone()
+        n = x.shape[0]
+        return cls(flat, torch.zeros_like(flat, dtype=torch.bool),
+                   torch.zeros(n, dtype=torch.long, device=x.device),
+                   torch.arange(n, device=x.device), y, targets)
+
+
+def _reached(logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
+             idx: torch.Tensor) -> torch.Tensor:
+    """Targeted: predicted as the target; untargeted: predicted as anything but y."""
+    pred = logits.argmax(dim=1)
+    return pred == targets[idx] if targets is not None else pred != y
+
+
+def _forward_derivatives(logits: torch.Tensor, xa: torch.Tensor, goal: torch.Tensor,
+                         rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``∂Z_t/∂x`` and ``Σ_{j≠t} ∂Z_j/∂x`` per sample (zero for rows not selected), from two
+    vector–Jacobian products instead of all K rows of the Jacobian (eq. 8 needs only these)."""
+    weight = rows.to(logits.dtype).unsqueeze(1)
+    target = torch.zeros_like(logits).scatter_(1, goal.unsqueeze(1), 1.0) * weight
+    (grad_t,) = torch.autograd.grad(logits, xa, target, retain_graph=True)
+    (grad_all,) = torch.autograd.grad(logits, xa, weight.expand_as(logits))
+    return grad_t, grad_all - grad_t
+
+
+def _best_single(alpha: torch.Tensor, beta: torch.Tensor,
+                 domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-feature saliency (eq. 8): ``α·|β|`` where ``α > 0`` and ``β < 0``."""
+    ok = (alpha > 0) & (beta < 0) & domain
+    score = torch.where(ok, -alpha * beta, torch.full_like(alpha, float("-inf")))
+    best, pick = score.max(dim=1)
+    return pick.unsqueeze(1), torch.isfinite(best)
+
+
+def _best_pairs(alpha: torch.Tensor, beta: torch.Tensor,
+                domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair saliency (Algorithm 3): the pair p ≠ q of the domain maximising ``-(α_p + α_q)·(β_p
+    + β_q)`` with ``α_p + α_q > 0`` and ``β_p + β_q < 0``, searched in blocks of rows p so that
+    at most ``_PAIR_BLOCK`` scores exist at once (D = 784 gives 614k pairs per sample)."""
+    n, d = alpha.shape
+    best = alpha.new_full((n,), float("-inf"))
+    best_at = torch.zeros(n, dtype=torch.long, device=alpha.device)
+    rows = max(1, _PAIR_BLOCK // max(1, n * d))
+    cols = torch.arange(d, device=alpha.device)
+    for r0 in range(0, d, rows):
+        r = cols[r0:r0 + rows]
+        a = alpha[:, r0:r0 + rows, None] + alpha[:, None, :]
+        b = beta[:, r0:r0 + rows, None] + beta[:, None, :]
+        ok = (a > 0) & (b < 0) & domain[:, r0:r0 + rows, None] & domain[:, None, :]
+        ok &= (r.unsqueeze(1) != cols.unsqueeze(0)).unsqueeze(0)
+        score = torch.where(ok, -a * b, torch.full_like(a, float("-inf"))).flatten(1)
+        value, at = score.max(dim=1)
+        better = value > best
+        best = torch.where(better, value, best)
+        best_at = torch.where(better, at + r0 * d, best_at)
+    picks = torch.stack([best_at // d, best_at % d], dim=1)
+    return picks, torch.isfinite(best)
+
+
+@hookimpl
+def arena_register_attacks(register):
+    register(JSMA)

@@ -1,0 +1,233 @@
+"""BIM, Random + FGSM, minimal-ε FGSM and JSMA: the contract suites, and the behaviour each
+paper describes on the small trained digits model."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from arena import testing
+from arena.errors import ConfigError
+from arena.testing import AttackContract
+from plugins.attacks import iterative, jsma
+from plugins.attacks.gradient import loss_gradient
+
+
+class TestBIMLinf(AttackContract):
+    attack_id = "bim"
+
+
+class TestBIML2(AttackContract):
+    attack_id = "bim"
+    params = {"norm": "l2", "steps": 5}
+
+
+class TestRandFGSM(AttackContract):
+    attack_id = "rand-fgsm"
+
+
+class TestFGSMMinimalLinf(AttackContract):
+    attack_id = "fgsm-minimal"
+    params = {"eps_step": 0.02}
+
+
+class TestFGSMMinimalL2(AttackContract):
+    attack_id = "fgsm-minimal"
+    params = {"norm": "l2", "eps_step": 0.1, "max_eps": 6.0}
+
+
+class TestJSMA(AttackContract):
+    attack_id = "jsma"
+
+
+def make(attack_id: str, **params):
+    return testing.registry().make_attack(attack_id, **params)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return testing.trained_model(), *testing.attack_batch(48)
+
+
+# --- BIM --------------------------------------------------------------------------------------
+
+
+def test_bim_beats_fgsm_at_the_same_eps(data):
+    model, x, y = data
+    rates = []
+    for eps in (0.15, 0.2):
+        fgsm = make("fgsm")(model, x, y, eps, seed=0).success.float().mean()
+        bim = make("bim")(model, x, y, eps, seed=0).success.float().mean()
+        assert bim >= fgsm
+        rates.append(float(bim - fgsm))
+    assert sum(rates) > 0
+
+
+def test_bim_is_pgd_without_random_start(data):
+    model, x, y = data
+    bim = make("bim", steps=4)(model, x, y, 0.1, seed=0)
+    pgd = make("pgd", steps=4, step_size=0.025, random_start=False)(model, x, y, 0.1, seed=0)
+    assert torch.equal(bim.x_adv, pgd.x_adv) and torch.equal(bim.queries, pgd.queries)
+
+
+# --- Random + FGSM ----------------------------------------------------------------------------
+
+
+def test_rand_fgsm_is_a_random_sign_step_then_fgsm(data):
+    model, x, y = data
+    eps, alpha = 0.2, 0.05
+    result = make("rand-fgsm", alpha=alpha)(model, x, y, eps, seed=3)
+    torch.manual_seed(3)
+    x_rand = (x + alpha * torch.randn_like(x).sign()).clamp(0, 1)
+    grad = loss_gradient(model, x_rand, y, None)
+    expected = (x_rand + (eps - alpha) * grad.sign()).clamp(0, 1)
+    assert torch.allclose(result.x_adv, expected, atol=1e-6)
+    assert float((result.x_adv - x).abs().max()) <= eps + 1e-6
+    fgsm = make("fgsm")(model, x, y, eps, seed=3)
+    assert not torch.equal(result.x_adv, fgsm.x_adv)
+
+
+def test_rand_fgsm_below_alpha_falls_back_to_half_eps(data):
+    model, x, y = data
+    result = make("rand-fgsm", alpha=0.05)(model, x, y, 0.04, seed=0)
+    delta = (result.x_adv - x).abs()
+    assert float(delta.max()) <= 0.04 + 1e-6
+    # α = ε/2: the unclipped features moved by 0 or ε (noise and gradient signs agree or not)
+    inner = (x > 0.05) & (x < 0.95)
+    assert torch.all((delta[inner] < 1e-6) | ((delta[inner] - 0.04).abs() < 1e-6))
+
+
+# --- minimal-ε FGSM ---------------------------------------------------------------------------
+
+
+def test_fgsm_minimal_finds_the_first_grid_eps_that_fools(data):
+    model, x, y = data
+    x, y = x[:16], y[:16]
+    attack = make("fgsm-minimal", eps_step=0.02, max_eps=0.5)
+    result = attack(model, x, y, seed=0)
+    grid = attack.grid().tolist()
+    fooled = torch.stack([make("fgsm")(model, x, y, eps).success for eps in grid], dim=1)
+    assert result.success.any() and torch.equal(result.success, fooled.any(dim=1))
+    for i in torch.nonzero(result.success).flatten().tolist():
+        k = int(fooled[i].to(torch.uint8).argmax())
+        assert not fooled[i, :k].any() and fooled[i, k]  # at grid[k-1] FGSM does not fool
+        at_k = make("fgsm")(model, x[i:i + 1], y[i:i + 1], grid[k])
+        assert torch.allclose(result.x_adv[i], at_k.x_adv[0], atol=1e-6)
+        assert result.distance[i] == pytest.approx(float(at_k.distance[0]), abs=1e-6)
+    assert torch.isinf(result.distance[~result.success]).all()
+
+
+def test_fgsm_minimal_chunks_give_the_same_answer(data, monkeypatch):
+    model, x, y = data
+    whole = make("fgsm-minimal", eps_step=0.02)(model, x, y, seed=0)
+    monkeypatch.setattr(iterative, "_CANDIDATE_BUDGET", x[0].numel() * x.shape[0] * 3)
+    chunked = make("fgsm-minimal", eps_step=0.02)(model, x, y, seed=0)
+    assert torch.equal(whole.x_adv, chunked.x_adv) and torch.equal(whole.success, chunked.success)
+    assert (chunked.queries <= whole.queries).all() and (chunked.queries < whole.queries).any()
+
+
+# --- JSMA -------------------------------------------------------------------------------------
+
+
+def test_jsma_targeted_reaches_targets_with_few_features(data):
+    model, x, y = data
+    targets = (y + 1 + torch.arange(len(y)) % 9) % 10
+    result = make("jsma")(model, x, y, targets=targets, seed=0)
+    features = x[0].numel()
+    assert float(result.success.float().mean()) >= 0.9
+    assert float(result.distance[result.success].median()) <= features / 4
+    pred = model(result.x_adv).argmax(1)
+    assert torch.equal(pred[result.success], targets[result.success])
+
+
+def test_jsma_respects_max_distortion(data):
+    model, x, y = data
+    targets = (y + 1) % 10
+    result = make("jsma", max_distortion=0.1)(model, x, y, targets=targets, seed=0)
+    changed = (result.x_adv != x).flatten(1).sum(dim=1)
+    assert int(changed.max()) <= 6  # ⌊0.1 · 64⌋
+    assert float(result.success.float().mean()) < 1.0
+
+
+def test_jsma_single_pixel_changes_one_feature_per_iteration(data):
+    model, x, y = data
+    targets = (y + 3) % 10
+    attack = make("jsma", single_pixel=True, max_iterations=20)
+    result = attack(model, x, y, targets=targets, seed=0)
+    changed = (result.x_adv != x).flatten(1).sum(dim=1)
+    assert float(result.success.float().mean()) >= 0.7
+    assert int(changed.max()) <= 20 and torch.all(changed <= result.queries - 1)
+    assert torch.allclose(result.x_adv[result.x_adv != x], torch.tensor(1.0))  # θ = +1
+
+
+def test_jsma_batched_equals_per_sample(data):
+    model, x, y = data
+    x, y = x[:5], y[:5]
+    targets = (y + 2) % 10
+    for params in ({}, {"single_pixel": True}):
+        batched = make("jsma", **params)(model, x, y, targets=targets)
+        for i in range(len(y)):
+            alone = make("jsma", **params)(model, x[i:i + 1], y[i:i + 1], targets=targets[i:i + 1])
+            assert torch.equal(alone.x_adv[0], batched.x_adv[i])
+            assert alone.queries[0] == batched.queries[i]
+
+
+def test_jsma_pair_search_matches_brute_force():
+    torch.manual_seed(0)
+    n, d = 4, 7
+    alpha, beta = torch.randn(n, d), torch.randn(n, d)
+    domain = torch.rand(n, d) > 0.2
+    picks, found = jsma._best_pairs(alpha, beta, domain)
+    for i in range(n):
+        scores = {(p, q): -(alpha[i, p] + alpha[i, q]) * (beta[i, p] + beta[i, q])
+                  for p, q in itertools.permutations(range(d), 2)
+                  if domain[i, p] and domain[i, q] and alpha[i, p] + alpha[i, q] > 0
+                  and beta[i, p] + beta[i, q] < 0}
+        assert bool(found[i]) == bool(scores)
+        if scores:
+            assert scores[tuple(picks[i].tolist())] == max(scores.values())
+
+
+def test_jsma_blocked_pair_search_is_exact(data, monkeypatch):
+    model, x, y = data
+    targets = (y + 1) % 10
+    whole = make("jsma")(model, x[:12], y[:12], targets=targets[:12])
+    monkeypatch.setattr(jsma, "_PAIR_BLOCK", 64 * 5)
+    blocked = make("jsma")(model, x[:12], y[:12], targets=targets[:12])
+    assert torch.equal(whole.x_adv, blocked.x_adv)
+
+
+@pytest.mark.parametrize("params", [{"untargeted_goal": "random"}, {"untargeted_goal": "runner-up"},
+                                    {"single_pixel": True, "untargeted_goal": "runner-up"},
+                                    {"fallback": False}])
+def test_jsma_untargeted_stops_at_the_first_misclassification(data, params):
+    model, x, y = data
+    x, y = x[:24], y[:24]
+    result = make("jsma", **params)(model, x, y, seed=0)
+    assert float(result.success.float().mean()) >= 0.9
+    assert float(result.success_at(12).float().mean()) >= 0.6
+    # the batch starts correctly classified, so every success took at least one step
+    assert torch.all(result.queries[result.success] >= 2)
+
+
+def test_jsma_revisit_steps_features_by_theta(data):
+    model, x, y = data
+    x, y = x[:16], y[:16]
+    result = make("jsma", theta=0.1, revisit=True)(model, x, y, seed=0)
+    delta = (result.x_adv - x)[result.x_adv != x]
+    steps = delta / 0.1
+    at_bound = result.x_adv[result.x_adv != x] == 1.0
+    assert torch.all(at_bound | ((steps - steps.round()).abs() < 1e-3))
+    assert float(result.success.float().mean()) >= 0.8
+
+
+def test_jsma_decreasing_theta_only_lowers_features(data):
+    model, x, y = data
+    result = make("jsma", theta=-1.0)(model, x, y, seed=0)
+    assert torch.all(result.x_adv <= x) and float(result.success.float().mean()) >= 0.5
+
+
+def test_jsma_rejects_zero_theta():
+    with pytest.raises(ConfigError, match="theta"):
+        make("jsma", theta=0.0)
