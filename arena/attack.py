@@ -100,7 +100,7 @@ class Attack(Plugin):
         if not callable(model):
             raise AttackError(f"attack '{self.id}': model must be callable, got {type(model).__name__}")
         threat = self._validate(x, y, eps, targets)
-        self._context = context
+        self.context = context  # the defense object, for adaptive attacks (declared hooks only)
         with _attack_mode(model) as fingerprint, _seeded(seed, x.device):
             clean_logits = _logits(model, x)
             _check_labels(y, targets, clean_logits.shape[1], self.id)

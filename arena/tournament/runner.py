@@ -142,12 +142,11 @@ class Runner:
 
     def _spec(self, attack: Any, budgets: list[float], defense: str) -> MatchSpec:
         owners = self.registry.owners
-        plugin = lambda kind, pid: str(owners.get((kind, pid), ""))  # noqa: E731
         timeout = attack.timeout if attack.timeout is not None else self.cfg.match_timeout
         return MatchSpec(attack.label, attack.id, dict(attack.params), tuple(budgets), self.cfg.seed,
                          self.cfg.batch_size, timeout, self.cfg.save_examples,
-                         {"attack_plugin": plugin("attacks", attack.id),
-                          "defense_plugin": plugin("defenses", self.cfg.defense(defense).id),
+                         {"attack_plugin": str(owners.get(("attacks", attack.id), "")),
+                          "defense_plugin": str(owners.get(("defenses", self.cfg.defense(defense).id), "")),
                           "config_hash": self.cfg.digest(), "seed": self.cfg.seed,
                           "executor": self.executor.name})
 
