@@ -201,7 +201,7 @@ def test_cli_runs_a_tournament_and_prints_the_leaderboard(tmp_path):
                            "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "tiny (run 1, seed 42)" in proc.stdout and "worst ε=0.3" in proc.stdout
+    assert "tiny on digits (run 1, seed 42)" in proc.stdout and "worst ε=0.3" in proc.stdout
     board = subprocess.run([sys.executable, "-m", "arena", "leaderboard", str(db), "--format", "markdown"],
                            capture_output=True, text=True, env=env, timeout=60)
     assert board.returncode == 0 and "| standard" in board.stdout

@@ -10,7 +10,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -33,6 +33,9 @@ class PluginRef(Strict):
 class DefenseEntry(PluginRef):
     """A defended model entering the tournament.
 
+    ``architecture`` overrides the tournament's architecture for this entry (a transfer
+    surrogate of another architecture, such as seed 001's ResNet).
+
     ``on`` names the entry whose trained model an inference-time or detector defense wraps;
     ``finetune_from`` names the entry whose model a training-time defense fine-tunes
     (post-processing, seeds 000 and 002) instead of training from scratch.
@@ -41,6 +44,12 @@ class DefenseEntry(PluginRef):
     name: str | None = None
     on: str | None = None
     finetune_from: str | None = None
+    architecture: PluginRef | None = None
+
+    @field_validator("architecture", mode="before")
+    @classmethod
+    def _bare_arch(cls, v: Any) -> Any:
+        return {"id": v} if isinstance(v, str) else v
 
     @property
     def label(self) -> str:
@@ -52,6 +61,10 @@ class AttackEntry(PluginRef):
 
     name: str | None = None
     budgets: list[float] = Field(default_factory=list)
+    view: Literal["gray-box"] | None = Field(
+        None, description="run a white-box attack against the base classifier only (seed 003 App. D)")
+    surrogate: str | None = Field(
+        None, description="transfer: craft on this defense entry's model, evaluate on every defense")
     timeout: float | None = Field(None, gt=0, description="seconds per attack run; default match_timeout")
 
     @property
@@ -143,6 +156,8 @@ def _check_plugins(cfg: TournamentConfig, registry: Registry) -> None:
     labels = [d.label for d in cfg.defenses]
     for i, entry in enumerate(cfg.defenses):
         cls = _check_ref(f"defenses[{i}]", entry, "defenses", registry, cfg.training)
+        if entry.architecture is not None:
+            _check_ref(f"defenses[{i}].architecture", entry.architecture, "architectures", registry)
         training = cls.defense_kind in (DefenseKind.TRAINING, DefenseKind.PRETRAINED)
         for key in ("on", "finetune_from"):
             ref = getattr(entry, key)
@@ -157,6 +172,15 @@ def _check_plugins(cfg: TournamentConfig, registry: Registry) -> None:
     defense_order(cfg)
     for i, entry in enumerate(cfg.attacks):
         cls = _check_ref(f"attacks[{i}]", entry, "attacks", registry)
+        white = cls.knowledge.value == "white-box"
+        if entry.surrogate is not None and entry.surrogate not in labels:
+            raise ConfigError(f"attacks[{i}].surrogate: no defense named '{entry.surrogate}'"
+                              f"{did_you_mean(entry.surrogate, labels)}")
+        if (entry.surrogate is not None or entry.view is not None) and not white:
+            raise ConfigError(f"attacks[{i}]: only white-box attacks can be run as transfer or gray-box attacks; "
+                              f"'{entry.id}' is {cls.knowledge.value}")
+        if entry.surrogate is not None and entry.view is not None:
+            raise ConfigError(f"attacks[{i}]: choose either surrogate (transfer) or view (gray-box)")
         if not cls.minimal and not entry.budgets:
             raise ConfigError(f"attacks[{i}].budgets: fixed-budget attack '{entry.id}' needs at least one budget")
 

@@ -46,6 +46,7 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
             parents: dict[str, Entrant]) -> Prepared:
     """Build the entrant of ``spec`` (``parents`` holds the entrants it wraps or fine-tunes)."""
     entry, device = spec.entry, default_device()
+    architecture = entry.architecture or spec.architecture
     cls = registry.get("defenses", entry.id)
     defaults = spec.training if cls.defense_kind is DefenseKind.TRAINING else None
     defense = cls(**merged_params(cls, entry.params, defaults))
@@ -55,7 +56,7 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
         model, key = _train(registry, spec, defense, data, parents, device)
         base = model
     elif cls.defense_kind is DefenseKind.PRETRAINED:
-        arch = registry.make_architecture(spec.architecture.id, **spec.architecture.params)
+        arch = registry.make_architecture(architecture.id, **architecture.params)
         model = base = defense.load(arch, data).to(device).eval()
     else:
         below = parents[entry.on]
@@ -81,10 +82,11 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
 def _train(registry: Registry, spec: EntrantSpec, defense: Any, data: DataSplits,
            parents: dict[str, Entrant], device: torch.device) -> tuple[nn.Module, str]:
     entry = spec.entry
-    arch = registry.make_architecture(spec.architecture.id, **spec.architecture.params)
+    architecture = entry.architecture or spec.architecture
+    arch = registry.make_architecture(architecture.id, **architecture.params)
     parent = parents[entry.finetune_from] if entry.finetune_from else None
     key = content_key(defense=entry.id, config=defense.config.model_dump(mode="json"),
-                      architecture=spec.architecture.model_dump(mode="json"),
+                      architecture=architecture.model_dump(mode="json"),
                       dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
                       parent=parent.cache_key if parent else None)
     cache = ModelCache(Path(spec.cache_root) if spec.cache_root else None)

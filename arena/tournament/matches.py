@@ -58,6 +58,7 @@ class MatchSpec:
     timeout: float | None = None
     save_examples: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
+    view: str | None = None  # "gray-box": attack the base classifier only
 
 
 @dataclass
@@ -104,10 +105,7 @@ def run_match(registry: Registry, entrant: Entrant, spec: MatchSpec, data: Split
             out, status, error = None, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
         wall = (time.perf_counter() - t0) / len(served)
         for budget in served:
-            row = MatchRow(defense=entrant.label, attack=spec.attack, budget=budget, attack_id=spec.attack_id,
-                           attack_config=attack.config.model_dump(mode="json"), norm=attack.threat_norm.value,
-                           knowledge=attack.knowledge.value, status=status, error=error, wall_seconds=wall,
-                           started=started, finished=time.time(), provenance=spec.provenance)
+            row = _row(entrant.label, spec, attack, budget, status, error, wall, started)
             if out is not None:
                 _score(row, out, budget, entrant)
             rows.append(row)
@@ -119,7 +117,8 @@ def run_match(registry: Registry, entrant: Entrant, spec: MatchSpec, data: Split
 def _attack(entrant: Entrant, attack: Attack, eps: float | None, spec: MatchSpec, data: Split,
             device: torch.device) -> dict[str, torch.Tensor]:
     """Attack the correctly classified samples in batches; judge on the full defended model."""
-    victim = entrant.base if attack.knowledge is Knowledge.GRAY_BOX else entrant.model
+    gray = attack.knowledge is Knowledge.GRAY_BOX or spec.view == "gray-box"
+    victim = entrant.base if gray else entrant.model
     idx = torch.nonzero(entrant.clean_correct).flatten()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("fooled", "detected", "distance", "queries", "x_adv")}
     for b, start in enumerate(range(0, len(idx), spec.batch_size)):
@@ -141,6 +140,58 @@ def _attack(entrant: Entrant, attack: Attack, eps: float | None, spec: MatchSpec
     out = {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
     out["idx"] = idx
     return out
+
+
+def _row(defense: str, spec: MatchSpec, attack: Attack, budget: float, status: str, error: str | None,
+         wall: float, started: float, knowledge: str | None = None) -> MatchRow:
+    return MatchRow(defense=defense, attack=spec.attack, budget=budget, attack_id=spec.attack_id,
+                    attack_config=attack.config.model_dump(mode="json"), norm=attack.threat_norm.value,
+                    knowledge=knowledge or spec.view or attack.knowledge.value, status=status, error=error,
+                    wall_seconds=wall, started=started, finished=time.time(), provenance=spec.provenance)
+
+
+def craft_transfer(registry: Registry, surrogate: Entrant, spec: MatchSpec, data: Split) -> dict[float, Any]:
+    """Transfer examples crafted once on ``surrogate`` for every evaluated sample and budget:
+    ``{budget: (x_adv, distance)}``, or ``{budget: error text}`` where crafting failed."""
+    device = default_device()
+    surrogate.model.to(device)
+    attack: Attack = registry.get("attacks", spec.attack_id)(**spec.params)
+    runs = [(None, spec.budgets)] if attack.minimal else [(b, (b,)) for b in spec.budgets]
+    crafted: dict[float, Any] = {}
+    for eps, served in runs:
+        try:
+            with time_limit(spec.timeout):
+                parts = [attack(surrogate.model, data.x[i:i + spec.batch_size].to(device),
+                                data.y[i:i + spec.batch_size].to(device), eps, seed=spec.seed + b)
+                         for b, i in enumerate(range(0, len(data), spec.batch_size))]
+            result: Any = (torch.cat([p.x_adv.cpu() for p in parts]), torch.cat([p.distance.cpu() for p in parts]))
+        except Exception as exc:  # the crafting failure fails every defense's match, nothing else
+            result = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        crafted.update({budget: result for budget in served})
+    return crafted
+
+
+def score_transfer(registry: Registry, entrant: Entrant, spec: MatchSpec, crafted: dict[float, Any],
+                   data: Split) -> MatchOutcome:
+    """Judge transfer examples on ``entrant``: the target model is never queried while crafting."""
+    attack: Attack = registry.get("attacks", spec.attack_id)(**spec.params)
+    device, rows = default_device(), []
+    idx = torch.nonzero(entrant.clean_correct).flatten()
+    for budget in spec.budgets:
+        started, item = time.time(), crafted[budget]
+        if isinstance(item, str):
+            rows.append(_row(entrant.label, spec, attack, budget, "failed", item, 0.0, started, "black-box"))
+            continue
+        x_adv, distance = item[0][idx].to(device), item[1][idx]
+        fooled = (predict(entrant.model, x_adv).argmax(1).cpu() != data.y[idx])
+        with torch.no_grad():
+            flagged = (entrant.detector.detect(entrant.model, x_adv).cpu() if entrant.detector is not None
+                       else torch.zeros(len(idx), dtype=torch.bool))
+        row = _row(entrant.label, spec, attack, budget, "ok", None, 0.0, started, "black-box")
+        _score(row, {"idx": idx, "fooled": fooled, "detected": flagged, "distance": distance,
+                     "queries": torch.zeros(len(idx))}, budget, entrant)
+        rows.append(row)
+    return MatchOutcome(rows)
 
 
 def _score(row: MatchRow, out: dict[str, torch.Tensor], budget: float, entrant: Entrant) -> None:

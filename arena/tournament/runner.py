@@ -21,7 +21,7 @@ from arena.registry import Registry
 from arena.tournament.config import DefenseEntry, TournamentConfig, defense_order
 from arena.tournament.entrants import EntrantSpec, Prepared, prepare
 from arena.tournament.executors import LocalExecutor, RayExecutor
-from arena.tournament.matches import Entrant, MatchOutcome, MatchSpec, run_match
+from arena.tournament.matches import Entrant, MatchOutcome, MatchSpec, craft_transfer, run_match, score_transfer
 from arena.tournament.provenance import provenance
 from arena.tournament.store import MatchRow, Store
 
@@ -61,6 +61,7 @@ class Runner:
             for level in _levels([e for e in defense_order(cfg) if e.label in needed]):
                 self._prepare_level(level, shared)
                 self._run_matches([e.label for e in level if e.label in self.entrants], todo, shared[1])
+            self._run_transfers(todo, shared[1])
         self.store.finish_run(run_id, time.time())
         return run_id
 
@@ -88,6 +89,7 @@ class Runner:
                 needed.add(label)
                 entry = self.cfg.defense(label)
                 stack += [r for r in (entry.on, entry.finetune_from) if r]
+                stack += [a.surrogate for a, _ in todo.get(label, []) if a.surrogate]
         return needed
 
     # ------------------------------------------------------------- running
@@ -120,6 +122,8 @@ class Runner:
         for label in labels:
             entrant = self.executor.share(self.entrants[label])
             for attack, budgets in todo.get(label, []):
+                if attack.surrogate is not None:
+                    continue
                 spec = self._spec(attack, budgets, label)
                 jobs.append(((label, attack.label), (self.registry, entrant, spec, evaluation)))
         for (label, attack), outcome in self.executor.map(run_match, jobs):
@@ -132,6 +136,30 @@ class Runner:
                     self.store.save_examples(self.run_id, label, attack, outcome.examples)
             else:
                 self._match_crashed(label, attack, todo, outcome)
+
+    def _run_transfers(self, todo: dict[str, list], evaluation: Any) -> None:
+        """Transfer attacks: examples crafted once per (surrogate, attack), judged on every defense."""
+        wanted: dict[str, tuple[Any, set[float], list[str]]] = {}
+        for label, items in todo.items():
+            for attack, budgets in items:
+                if attack.surrogate is not None and label in self.entrants:
+                    entry = wanted.setdefault(attack.label, (attack, set(), []))
+                    entry[1].update(budgets)
+                    entry[2].append(label)
+        jobs = [(name, (self.registry, self.entrants[a.surrogate], self._spec(a, sorted(b), a.surrogate), evaluation))
+                for name, (a, b, _) in wanted.items()]
+        for name, crafted in self.executor.map(craft_transfer, jobs):
+            attack, _, labels = wanted[name]
+            for label in labels:
+                self.bar.set_description(f"{name} vs {label}")
+                self.bar.update()
+                budgets = next(b for a, b in todo[label] if a.label == name)
+                if isinstance(crafted, BaseException):
+                    self._match_crashed(label, name, todo, crafted)
+                    continue
+                spec = self._spec(attack, budgets, label)
+                for row in score_transfer(self.registry, self.entrants[label], spec, crafted, self.eval).rows:
+                    self.store.save_match(self.run_id, row)
 
     def _match_crashed(self, label: str, attack: str, todo: dict[str, list], exc: BaseException) -> None:
         entry, budgets = next((a, b) for a, b in todo[label] if a.label == attack)
@@ -148,7 +176,8 @@ class Runner:
                          {"attack_plugin": str(owners.get(("attacks", attack.id), "")),
                           "defense_plugin": str(owners.get(("defenses", self.cfg.defense(defense).id), "")),
                           "config_hash": self.cfg.digest(), "seed": self.cfg.seed,
-                          "executor": self.executor.name})
+                          "executor": self.executor.name, "surrogate": attack.surrogate, "view": attack.view},
+                         view=attack.view)
 
     def _provenance(self) -> dict[str, Any]:
         device = default_device()
