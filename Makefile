@@ -16,7 +16,7 @@ FASHION := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)" 2>&1 | $(QUIET)
-	$(BIN)/python -m pip install -q -e ".[test,ray]" 2>&1 | $(QUIET)
+	$(BIN)/python -m pip install -q -e ".[test,ray,keras]" 2>&1 | $(QUIET)
 	$(BIN)/python -c "import torch, arena, pytest"
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -141,5 +141,15 @@ def new_plugin(name: str, directory: Path) -> None:
     click.echo(f"created {path}; install it with: pip install -e {path}")
 
 
+def _add_train_command() -> None:
+    """``arena train``: train a paper architecture with Keras (or torch) and save the model file."""
+    from arena.backends.keras_train import train
+
+    cli.add_command(train)
+
+
+_add_train_command()
+
+
 def main() -> None:
     cli(prog_name="arena")

@@ -6,6 +6,8 @@ other frameworks (Keras) wrap their models into such a module.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
@@ -39,6 +41,20 @@ def model_device(model: Any) -> torch.device:
 def default_device() -> torch.device:
     """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def torch_threads_for(model: Any) -> Iterator[None]:
+    """Run a block with the fewest torch threads any part of ``model`` prefers (then restored)."""
+    modules = model.modules() if isinstance(model, nn.Module) else []
+    wanted = [n for m in modules if (n := getattr(m, "preferred_torch_threads", None))]
+    before = torch.get_num_threads()
+    if wanted:
+        torch.set_num_threads(min(wanted))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class QueryOracle:

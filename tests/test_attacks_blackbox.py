@@ -32,6 +32,16 @@ def _blackbox_plugins(monkeypatch):
     monkeypatch.setattr(testing, "registry", blackbox_registry)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These attacks send many small batches to a tiny model, where torch's intra-op threads only
+    add synchronisation (on a busy 2-core machine, 10x the CPU time); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make(attack_id: str, **params):
     return blackbox_registry().make_attack(attack_id, **params)
 

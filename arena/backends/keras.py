@@ -1,29 +1,24 @@
 """The Keras 3 backend: ``.keras`` and legacy ``.h5`` models as arena models (torch modules).
 
-A loaded Keras model is wrapped into a :class:`KerasModel`, a ``torch.nn.Module`` that takes
-NCHW float32 tensors in [0, 1] and returns logits:
+A loaded Keras model is wrapped into a :class:`KerasModel`, a ``torch.nn.Module`` taking NCHW
+float32 tensors in [0, 1] and returning logits: the layout is converted when the Keras model is
+channels-last; a trailing softmax is stripped (a logits sub-model), or, where it cannot be,
+detected by probing and answered with ``log(p)`` (``outputs_probabilities = True``). On Keras'
+**TensorFlow** backend input gradients reach torch autograd through :class:`TFBridge`, whose
+backward is a ``tf.GradientTape`` vector-Jacobian product; on Keras' **torch** backend the
+Keras model *is* a ``torch.nn.Module`` and is called directly.
 
-* the layout is converted (NCHW to NHWC, or flattened for dense-input models) when the Keras
-  model expects channels-last inputs;
-* a trailing softmax (a ``Softmax`` or ``Activation("softmax")`` layer, or a final layer with
-  ``activation="softmax"``) is stripped by building a logits sub-model; a model whose softmax
-  cannot be stripped (subclassed, nested) is detected by probing it and answers ``log(p)``,
-  which equals the logits up to a per-row constant, with ``outputs_probabilities = True``;
-* on Keras' **TensorFlow** backend the model runs in TensorFlow and input gradients reach torch
-  autograd through :class:`TFBridge`, a ``torch.autograd.Function`` whose backward is the
-  vector-Jacobian product of a ``tf.GradientTape``; on Keras' **torch** backend the Keras model
-  *is* a ``torch.nn.Module`` and is called directly, with no bridge.
-
-Keras picks its backend once per process, from ``KERAS_BACKEND`` when ``keras`` is first
-imported. ``keras_backend`` in the config asks for one: it sets ``KERAS_BACKEND`` if Keras is
-not imported yet, and is a ConfigError when the process already runs Keras on another backend.
-TensorFlow and Keras are imported lazily, so this module imports without them.
+Keras picks its backend once per process (``KERAS_BACKEND`` at the first ``import keras``);
+``keras_backend`` sets it if Keras is not imported yet and is a ConfigError when the process
+runs Keras on another backend. Keras and TensorFlow are imported lazily. See docs/keras.md.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -32,6 +27,8 @@ import torch
 from pydantic import Field
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from arena.model import torch_threads_for  # noqa: F401  (re-exported; the hook lives in the core)
 
 from arena.backends import Backend
 from arena.errors import ConfigError
@@ -100,16 +97,8 @@ class KerasBackend(Backend):
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ConfigError(f"{path}: Keras cannot load it safely: {type(exc).__name__}: {first}") from None
         wrapped = wrap_keras_model(model, input_scale=self.config.input_scale, outputs=self.config.outputs)
-        wrapped.source = {"path": str(path), "sha256": _sha256(path)}
+        wrapped.source = {"path": str(path)}
         return wrapped
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ model surgery
@@ -166,25 +155,17 @@ def input_layout(model: Any, keras: Any) -> str:
 
 def arena_shape(shape: tuple, layout: str) -> list:
     """The arena's (C, H, W) for a Keras input shape (None where unknown)."""
-    if layout == "nhwc" and len(shape) == 3:
-        return [shape[2], shape[0], shape[1]]
-    if layout == "nchw" and len(shape) == 3:
-        return list(shape)
-    return [None, None, None]
+    if len(shape) != 3 or layout not in ("nhwc", "nchw"):
+        return [None, None, None]
+    return [shape[2], shape[0], shape[1]] if layout == "nhwc" else list(shape)
 
 
 def looks_like_probabilities(model: Any, layout: str, shape: tuple) -> bool:
     """Probe: non-negative rows summing to one on random inputs."""
     rng = np.random.default_rng(0)
-    dims = [d if d is not None else 8 for d in shape]
-    out = np.asarray(_to_numpy(model(rng.random((4, *dims), dtype=np.float32), training=False)))
+    out = model(rng.random((4, *[d or 8 for d in shape]), dtype=np.float32), training=False)
+    out = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
     return bool(out.ndim == 2 and (out >= 0).all() and np.allclose(out.sum(1), 1.0, atol=1e-4))
-
-
-def _to_numpy(t: Any) -> np.ndarray:
-    if isinstance(t, torch.Tensor):
-        return t.detach().cpu().numpy()
-    return np.asarray(t)
 
 
 def embedding_split(logits_model: Any, keras: Any) -> tuple[Any, Any] | None:
@@ -216,8 +197,10 @@ def wrap_keras_model(model: Any, *, input_scale: float = 1.0,
     if probs:
         logits_model, how = model, None
     split = None if probs else embedding_split(logits_model, keras)
-    return KerasModel(model, logits_model, split, layout=layout, in_shape=arena_shape(shape, layout),
-                      scale=input_scale, probabilities=probs, stripped=how, backend=keras.backend.backend())
+    wrapped = KerasModel(model, logits_model, split, layout=layout, in_shape=arena_shape(shape, layout),
+                         scale=input_scale, probabilities=probs, stripped=how, backend=keras.backend.backend())
+    wrapped.options = {"input_scale": input_scale, "outputs": outputs}
+    return wrapped
 
 
 class KerasModel(nn.Module):
@@ -225,7 +208,9 @@ class KerasModel(nn.Module):
 
     ``features(x)`` (the flattened pre-logit embedding) and ``classifier(z)`` are present when
     the logits come from a final Dense layer, so embedding defenses (KDE) work on it. The Keras
-    model always runs in inference mode (``training=False``).
+    model always runs in inference mode. ``preferred_torch_threads`` is 1 on TensorFlow: torch
+    only does the attack's elementwise work there, and its spinning OpenMP workers would take
+    cores from TensorFlow (attack under :func:`torch_threads_for`).
     """
 
     def __init__(self, original: Any, logits_model: Any, split: tuple[Any, Any] | None, *, layout: str,
@@ -235,6 +220,8 @@ class KerasModel(nn.Module):
         self.keras_backend, self.layout = backend, layout
         self.outputs_probabilities, self.stripped_softmax = probabilities, stripped
         self.source: dict[str, str] = {}
+        self.options: dict[str, Any] = {"input_scale": scale, "outputs": "auto"}
+        self.preferred_torch_threads = 1 if backend == "tensorflow" else None
         image = dict(layout=layout, in_shape=in_shape, scale=scale)
         self.logits = _callable(logits_model, backend, log=probabilities, **image)
         if split is not None:
@@ -244,6 +231,13 @@ class KerasModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x)
+
+    def __reduce__(self) -> tuple:
+        """Pickled (Ray executors, deepcopy) as a ``.keras`` archive, wrapped again on loading."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            self.keras_model.save(str(path))
+            return _unpickle, (path.read_bytes(), self.keras_backend, self.options, self.source)
 
     def describe(self) -> dict[str, Any]:
         """Provenance: backend, versions, layout, output handling and the file it came from."""
@@ -255,6 +249,16 @@ class KerasModel(nn.Module):
             import tensorflow as tf
             info["tensorflow_version"] = tf.__version__
         return info
+
+
+def _unpickle(data: bytes, backend: str, options: dict[str, Any], source: dict[str, str]) -> KerasModel:
+    keras = import_keras(backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(data)
+        wrapped = wrap_keras_model(keras.saving.load_model(str(path), compile=False, safe_mode=True), **options)
+    wrapped.source = source
+    return wrapped
 
 
 def _callable(model: Any, backend: str, **kw: Any) -> nn.Module:
@@ -292,7 +296,10 @@ class TorchCall(nn.Module):
 
 
 class TFCall(nn.Module):
-    """Keras-on-TensorFlow: a ``tf.function`` of the model behind the :class:`TFBridge`."""
+    """Keras-on-TensorFlow: ``call_tf`` (plain forward) and ``call_grad_tf``, a forward whose
+    recorded gradient is the input gradient only (a ``tf.custom_gradient`` with no variable
+    gradients): TensorFlow's gradient of a function call would also compute every weight
+    gradient. The backward reuses the forward's intermediates; it never recomputes them."""
 
     def __init__(self, net: Any, *, layout: str, in_shape: list, scale: float, log: bool = False) -> None:
         super().__init__()
@@ -302,10 +309,23 @@ class TFCall(nn.Module):
             out = net(_tf_layout(tf, x, layout, scale), training=False)
             return tf.math.log(tf.maximum(out, TINY)) if log else out
 
+        @tf.custom_gradient
+        def call_input_grad(x: Any) -> Any:
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                out = call(x)
+
+            def grad(dy: Any, variables: Any = None) -> Any:
+                gx = inner.gradient(out, x, output_gradients=dy)
+                return gx if variables is None else (gx, [None] * len(variables))
+
+            return out, grad
+
         known = layout != "flat" and None not in in_shape
         signature = [tf.TensorSpec([None, *in_shape], tf.float32)] if known else None
         self._net = net  # a plain attribute: TensorFlow variables are not torch parameters
         self.call_tf = tf.function(call, input_signature=signature, reduce_retracing=True)
+        self.call_grad_tf = tf.function(call_input_grad, input_signature=signature, reduce_retracing=True)
         self.vjp_tf = tf.function(lambda x, g: _vjp(tf, call, x, g), reduce_retracing=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -345,7 +365,7 @@ class TFBridge(torch.autograd.Function):
         x_tf = to_tf(x)
         with tf.GradientTape() as tape:
             tape.watch(x_tf)
-            out = call.call_tf(x_tf)
+            out = call.call_grad_tf(x_tf)
         ctx.call, ctx.tape, ctx.x_tf, ctx.out = call, tape, x_tf, out
         return to_torch(out, x.device)
 

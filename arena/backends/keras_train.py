@@ -171,7 +171,7 @@ def train(backend: str, architecture: str, dataset: str, defense: str, params: t
           keras_backend: str | None, out: str, quiet: bool) -> None:
     """Train ARCHITECTURE on DATASET with a training-time DEFENSE and save the model file."""
     try:
-        kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, verbose=0 if quiet else 1,
+        kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, verbose=0 if quiet else 2,
                   defense_params=parse_pairs(params, "--param"),
                   dataset_params=parse_pairs(dataset_params, "--dataset-param"),
                   architecture_params=parse_pairs(arch_params, "--arch-param"))

@@ -21,7 +21,7 @@ from arena.attack import Attack
 from arena.data import Split
 from arena.defense import Defense, DetectorDefense
 from arena.errors import ArenaError
-from arena.model import default_device
+from arena.model import default_device, torch_threads_for
 from arena.registry import Registry
 from arena.threat import Knowledge
 from arena.training import predict
@@ -96,7 +96,7 @@ def run_match(registry: Registry, entrant: Entrant, spec: MatchSpec, data: Split
     for eps, served in runs:
         started, t0 = time.time(), time.perf_counter()
         try:
-            with time_limit(spec.timeout):
+            with time_limit(spec.timeout), torch_threads_for(entrant.model):
                 out = _attack(entrant, attack, eps, spec, data, device)
             status, error = "ok", None
         except MatchTimeout as exc:

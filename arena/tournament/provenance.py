@@ -8,7 +8,8 @@ import sys
 
 import torch
 
-PACKAGES = ("adversarial-arena", "torch", "numpy", "pydantic", "pluggy", "scikit-learn")
+PACKAGES = ("adversarial-arena", "torch", "numpy", "pydantic", "pluggy", "scikit-learn", "keras", "tensorflow-cpu",
+            "tensorflow", "ray")
 
 
 def package_versions() -> dict[str, str]:

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS models (
     cache_key TEXT,
     train_seconds REAL,
     checks_json TEXT NOT NULL DEFAULT '{}',
+    provenance_json TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (run_id, defense)
 );
 CREATE TABLE IF NOT EXISTS matches (
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS matches (
 MIGRATIONS = (
     ("models", "checks_json", "TEXT NOT NULL DEFAULT '{}'"),
     ("matches", "provenance_json", "TEXT NOT NULL DEFAULT '{}'"),
+    ("models", "provenance_json", "TEXT NOT NULL DEFAULT '{}'"),
 )
 
 
@@ -137,6 +139,7 @@ class Store:
     def save_model(self, run_id: int, **fields: Any) -> None:
         fields["config_json"] = json.dumps(fields.pop("config"))
         fields["checks_json"] = json.dumps(fields.pop("checks", {}))
+        fields["provenance_json"] = json.dumps(fields.pop("provenance", {}))
         cols = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         self.conn.execute(f"INSERT OR REPLACE INTO models (run_id, {cols}) VALUES (?, {marks})",
