@@ -1,1 +1,280 @@
-"""(work in progress: this plugin family is being written)."""
+"""Neural-sensitivity regularisation (NsLoss) and its combination with Jacobian regularisation
+(seed 000: §III-B Algorithm 1, §III-C hyper-parameters and λ calibration, Table I).
+
+NsLoss hooks the output of every ReLU-family activation module and the logits, runs the clean
+batch and N copies perturbed on the L2 sphere of radius NsEps through the model in ONE batched
+forward pass (``batched = False`` runs them one after the other, for comparison), and sums over
+layers Algorithm 1's per-neuron sensitivity weighted by the mean clean activation:
+
+    LS[L] = Σᵢ Σₓ |a_L(x + δᵢ) − a_L(x)| / (len(X)·N·NsEps·len(L)·MLA[L]),
+    NsLoss = Σ_L LS[L] · MLA[L],   MLA[L] = mean over the batch of |a_L(x)|.
+
+The weighting cancels the normalisation wherever MLA > 0, so NsLoss = Σ_L mean |Δa_L| / NsEps
+over the neurons active on the batch; that form is what is computed (exact, and free of the 0/0
+of a neuron that is dead on the whole batch, whose weight MLA = 0 drops it). Perturbed copies are
+not clipped to [0, 1]: Algorithm 1 asks for ‖x − xⱼ‖₂ = NsEps exactly. With batch norm in
+training mode the statistics are taken over clean and perturbed rows together.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from arena import hookimpl
+from arena.data import DataSplits, Split
+from arena.defense import TrainingDefense
+from arena.errors import ArenaError
+from arena.training import fit
+from plugins.defenses.regularizers import PresetConfig, jacobian_penalty
+
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU)
+Lam = Annotated[float, Field(ge=0)] | Literal["auto"]
+Layers = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def is_activation(module: nn.Module) -> bool:
+    """ReLU-family modules, including custom ones named like one (bounded ReLU)."""
+    return isinstance(module, ACTIVATIONS) or "relu" in type(module).__name__.lower()
+
+
+@contextmanager
+def recording(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect every activation module's output, in call order, while the block runs."""
+    outputs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+             for m in model.modules() if is_activation(m)]
+    try:
+        yield outputs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def sphere(x: torch.Tensor, radius: float, copies: int) -> torch.Tensor:
+    """``copies`` points per sample uniformly on the L2 sphere of ``radius`` around it: (N, B, ...)."""
+    d = torch.randn((copies, *x.shape), device=x.device, dtype=x.dtype)
+    d = d / d.flatten(2).norm(dim=2).clamp_min(1e-12).view(copies, x.shape[0], *([1] * (x.dim() - 1)))
+    return x.unsqueeze(0) + radius * d
+
+
+def layer_activations(model: nn.Module, x: torch.Tensor, radius: float, copies: int,
+                      batched: bool = True) -> tuple[Layers, torch.Tensor]:
+    """Per hooked layer (activations in call order, then the logits), the clean ``(B, ...)``
+    and perturbed ``(N, B, ...)`` outputs, and the clean logits. ``batched``: the clean batch
+    and its N copies go through the model in one forward pass; otherwise in N + 1 passes."""
+    n = x.shape[0]
+    xp = sphere(x.detach(), radius, copies)
+    with recording(model) as acts:
+        if batched:
+            logits = model(torch.cat([x, xp.flatten(0, 1)]))
+            layers = [(a[:n], a[n:].unflatten(0, (copies, n))) for a in [*acts, logits]]
+            return layers, logits[:n]
+        clean_logits = model(x)
+        clean, runs = [*acts, clean_logits], []
+        for i in range(copies):
+            acts.clear()
+            out = model(xp[i])
+            runs.append([*acts, out])
+    return [(c, torch.stack([r[j] for r in runs])) for j, c in enumerate(clean)], clean_logits
+
+
+def ns_loss(layers: Layers, radius: float) -> torch.Tensor:
+    """Σ_L LS[L]·MLA[L] of Algorithm 1 (see the module docstring for the cancelled form)."""
+    total = layers[0][0].new_zeros(())
+    for clean, perturbed in layers:
+        live = clean.detach().abs().mean(dim=0) > 0
+        diff = (perturbed - clean.unsqueeze(0)).abs().mean(dim=(0, 1))
+        total = total + (diff * live).mean() / radius
+    return total
+
+
+class NsConfig(PresetConfig):
+    ns_eps: float = Field(1.0, gt=0, description="NsEps: L2 radius of the random perturbations")
+    copies: int = Field(5, ge=1, description="N perturbed copies per sample")
+    batched: bool = Field(True, description="all copies in one forward pass (False: N + 1 passes)")
+    auto_trials: int = Field(4, ge=1, description="λ values tried by each 'auto' search")
+    auto_trial_batches: int | None = Field(None, ge=1, description="batches per trial; None: one epoch")
+
+
+def bounded_search(ok, lam0: float, trials: int, span: float = math.sqrt(10)) -> float:
+    """The largest λ found with ``ok(λ)`` by bisection in log space over [λ0/span, λ0·span]
+    (one order of magnitude around λ0), starting at λ0, with ``trials`` calls of ``ok``.
+    If no tried value passes, the lower end λ0/span."""
+    lo, hi, mid = math.log(lam0 / span), math.log(lam0 * span), math.log(lam0)
+    best = None
+    for _ in range(trials):
+        if ok(math.exp(mid)):
+            best, lo = math.exp(mid), mid
+        else:
+            hi = mid
+        mid = (lo + hi) / 2
+    return best if best is not None else math.exp(lo)
+
+
+class CalibratedDefense(TrainingDefense):
+    """A loss CE + Σ_t λ_t·R_t whose weights may be ``"auto"``: seed 000 §III-C's protocol.
+
+    For each ``"auto"`` term, before training: (1) R_t0 = mean of R_t over 10 random training
+    batches of the model as given (the pretrained model when fine-tuning, as in the paper);
+    (2) λ_t0 = log2(K) / R_t0; (3) :func:`bounded_search` around λ_t0, where each trial trains a
+    copy of the model for one epoch (or ``auto_trial_batches``) on CE + λ·R_t alone, and λ is
+    too high when the trial's training cross-entropy (mean of its last fifth of batches) reaches
+    a random guess's, ln K nats (the paper writes log2 K). ``self.calibration`` records R_t0,
+    λ_t0, each trial and the choice.
+    """
+
+    lam_fields: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.lams: dict[str, float | str] = {t: getattr(self.config, f) for t, f in self.lam_fields.items()}
+        self.calibration: dict[str, dict[str, Any]] = {}
+
+    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              which: tuple[str, ...]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy and the regularisers named in ``which`` on one batch."""
+        raise NotImplementedError
+
+    def lam(self, term: str) -> float:
+        value = self.lams[term]
+        if value == "auto":
+            raise ArenaError(f"defense '{self.id}': λ of '{term}' is 'auto'; train() calibrates it first")
+        return float(value)
+
+    def loss(self, model, x, y):
+        lams = {t: self.lam(t) for t in self.lams}
+        ce, regs = self.terms(model, x, y, tuple(t for t, v in lams.items() if v > 0))
+        return ce + sum((lams[t] * r for t, r in regs.items()), ce.new_zeros(()))
+
+    def train(self, model: nn.Module, data: DataSplits, *, seed: int = 42, finetune: bool = False,
+              progress: bool = False) -> nn.Module:
+        for term, field in self.lam_fields.items():
+            if getattr(self.config, field) == "auto":
+                self.lams[term] = self.calibrate(term, model, data, seed=seed, finetune=finetune)
+        return super().train(model, data, seed=seed, finetune=finetune, progress=progress)
+
+    def calibrate(self, term: str, model: nn.Module, data: DataSplits, *, seed: int, finetune: bool) -> float:
+        """λ for ``term`` by seed 000 §III-C (see the class docstring)."""
+        k = data.num_classes
+        r0 = self.reference_value(term, model, data.train, seed)
+        lam0 = math.log2(k) / max(r0, 1e-12)
+        record: dict[str, Any] = {"r0": r0, "lam0": lam0, "trials": []}
+
+        def ok(lam: float) -> bool:
+            ce = self.trial_ce(term, lam, model, data.train, seed, finetune)
+            record["trials"].append((lam, ce))
+            return ce < math.log(k)
+
+        record["lam"] = bounded_search(ok, lam0, self.config.auto_trials)
+        self.calibration[term] = record
+        return record["lam"]
+
+    def reference_value(self, term: str, model: nn.Module, train: Split, seed: int, batches: int = 10) -> float:
+        """R_t0: the mean of R_t over ``batches`` random training batches (training mode)."""
+        bs, was_training = self.config.batch_size, model.training
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        device = next(model.parameters()).device
+        model.train()
+        values = []
+        for b in range(min(batches, math.ceil(len(train) / bs))):
+            idx = order[b * bs:(b + 1) * bs]
+            _, regs = self.terms(model, train.x[idx].to(device), train.y[idx].to(device), (term,))
+            values.append(float(regs[term].detach()))
+        model.train(was_training)
+        return sum(values) / len(values)
+
+    def trial_ce(self, term: str, lam: float, model: nn.Module, train: Split, seed: int, finetune: bool) -> float:
+        """Train a copy for one epoch on CE + λ·R_t; its final training cross-entropy."""
+        cfg, ces = self.config, []
+        n = cfg.auto_trial_batches * cfg.batch_size if cfg.auto_trial_batches else None
+
+        def objective(m, x, y):
+            ce, regs = self.terms(m, x, y, (term,))
+            ces.append(float(ce.detach()))
+            return ce + lam * regs[term]
+
+        torch.manual_seed(seed)
+        fit(copy.deepcopy(model), train.take(n, seed), objective, epochs=1, batch_size=cfg.batch_size,
+            lr=cfg.finetune_lr if finetune else cfg.lr, optimizer=cfg.optimizer,
+            weight_decay=cfg.weight_decay, seed=seed)
+        tail = ces[-max(1, len(ces) // 5):]
+        return sum(tail) / len(tail)
+
+
+class NsLossConfig(NsConfig):
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "mnist": {"lam": 2.0, "ns_eps": 1.0, "copies": 5, "finetune_epochs": 20, "finetune_lr": 1e-4},
+        "cifar10": {"lam": 10.0, "ns_eps": 3.0, "copies": 10, "finetune_epochs": 100, "finetune_lr": 1e-4},
+    }
+    preset: Literal["mnist", "cifar10"] | None = Field(None, description="seed 000 Table I's settings")
+    lam: Lam = Field(2.0, description="λ of NsLoss, or 'auto' for the §III-C calibration")
+
+
+class NsLoss(CalibratedDefense):
+    """NsLoss, neural-sensitivity regularisation (seed 000, "flatten the gradients of the loss
+    surface", §III-B Algorithm 1): CE + λ·NsLoss, NsLoss being the sensitivity of every ReLU
+    output and of the logits to N random perturbations on the L2 sphere of radius NsEps,
+    weighted by the mean activation. Table I (presets): MNIST λ = 2, NsEps = 1, N = 5, 20
+    epochs; CIFAR-10 λ = 10, NsEps = 3, N = 10, 100 epochs, both fine-tuning a trained model with
+    Adam at lr 1e-4 (§IV-B). ``lam = "auto"`` runs §III-C's calibration."""
+
+    id: ClassVar[str] = "ns-loss"
+    Config = NsLossConfig
+    lam_fields: ClassVar[dict[str, str]] = {"ns": "lam"}
+
+    def terms(self, model, x, y, which):
+        if "ns" not in which:
+            return F.cross_entropy(model(x), y), {}
+        cfg = self.config
+        layers, logits = layer_activations(model, x, cfg.ns_eps, cfg.copies, cfg.batched)
+        return F.cross_entropy(logits, y), {"ns": ns_loss(layers, cfg.ns_eps)}
+
+
+class CombinedConfig(NsConfig):
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "mnist": {"lam_ns": 2.0, "lam_jac": 0.01, "ns_eps": 1.0, "copies": 5, "finetune_epochs": 20,
+                  "finetune_lr": 1e-4},
+        "cifar10": {"lam_ns": 10.0, "lam_jac": 0.01, "ns_eps": 3.0, "copies": 10, "finetune_epochs": 100,
+                    "finetune_lr": 1e-4},
+    }
+    preset: Literal["mnist", "cifar10"] | None = Field(None, description="seed 000 Table I's settings")
+    lam_ns: Lam = Field(2.0, description="λ1 of NsLoss, or 'auto'")
+    lam_jac: Lam = Field(0.01, description="λ2 of the Jacobian regulariser, or 'auto'")
+    projections: int | None = Field(None, ge=1, description="Jacobian term: None exact, n random projections")
+
+
+class Combined(CalibratedDefense):
+    """The combined defense of seed 000 (§III-A): CE + λ1·NsLoss + λ2·JacobReg, the Jacobian
+    term being ``jacobian-reg``'s mean ‖J(x)‖²_F (Hoffman et al. 2019, the paper's [14]) on the
+    clean inputs. Table I (presets): MNIST λ = (2.0, 0.01), NsEps = 1, N = 5, 20 epochs;
+    CIFAR-10 λ = (10.0, 0.01), NsEps = 3, N = 10, 100 epochs. Each λ may be ``"auto"``
+    (§III-C, calibrated one term at a time)."""
+
+    id: ClassVar[str] = "combined"
+    Config = CombinedConfig
+    lam_fields: ClassVar[dict[str, str]] = {"ns": "lam_ns", "jac": "lam_jac"}
+
+    def terms(self, model, x, y, which):
+        cfg, regs = self.config, {}
+        if "ns" in which:
+            layers, _ = layer_activations(model, x, cfg.ns_eps, cfg.copies, cfg.batched)
+            regs["ns"] = ns_loss(layers, cfg.ns_eps)
+        xg = x.detach().requires_grad_("jac" in which)
+        logits = model(xg)
+        if "jac" in which:
+            regs["jac"] = jacobian_penalty(logits, xg, cfg.projections)
+        return F.cross_entropy(logits, y), regs
+
+
+@hookimpl
+def arena_register_defenses(register):
+    register(NsLoss)
+    register(Combined)

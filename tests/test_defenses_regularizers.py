@@ -1,0 +1,340 @@
+"""The regulariser, NsLoss and adversarial-training defenses: contract suites, the maths of each
+loss on models whose answer is known, and the effect each paper reports, measured on digits
+against ``standard`` fine-tuned on the same schedule."""
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arena import ArenaError, ConfigError, metrics, testing
+from arena.data import DataSplits
+from arena.testing import DefenseContract
+from plugins.defenses import adversarial, nsloss, regularizers
+
+
+class TestJacobianReg(DefenseContract):
+    defense_id = "jacobian-reg"
+
+
+class TestJacobianRegProjected(DefenseContract):
+    defense_id = "jacobian-reg"
+    params = {"projections": 2, "adversarial": {"attack": "fgsm", "eps": 0.1}}
+
+
+class TestInputGradientReg(DefenseContract):
+    defense_id = "input-gradient-reg"
+
+
+class TestCrossLipschitzReg(DefenseContract):
+    defense_id = "cross-lipschitz-reg"
+
+
+class TestNsLoss(DefenseContract):
+    defense_id = "ns-loss"
+    params = {"copies": 2}
+
+
+class TestCombined(DefenseContract):
+    defense_id = "combined"
+    params = {"copies": 2, "projections": 1}
+
+
+class TestAdversarialTraining(DefenseContract):
+    defense_id = "adversarial-training"
+    params = {"attack": "pgd", "attack_params": {"steps": 2}, "eps": 0.1}
+
+
+class TestFGSMAT(DefenseContract):
+    defense_id = "fgsm-at"
+
+
+class TestVAT(DefenseContract):
+    defense_id = "vat"
+
+
+# ---------------------------------------------------------------- the losses' maths
+
+
+def linear(k: int = 3, d: int = 4, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, k))
+
+
+def small_relu_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def inputs(n: int = 5) -> torch.Tensor:
+    return torch.rand(n, 1, 2, 2, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+
+
+def test_exact_jacobian_penalty_of_a_linear_model_is_the_squared_weight_norm():
+    model, x = linear(), inputs()
+    w = model[1].weight
+    value = float(regularizers.jacobian_penalty(model(x), x).detach())
+    assert value == pytest.approx(float(w.pow(2).sum().detach()), rel=1e-6)
+    eq4 = regularizers.jacobian_penalty(model(x), x, form="eq4")   # √(N‖W‖²) / N
+    assert float(eq4.detach()) == pytest.approx(float(w.norm().detach()) / math.sqrt(5), rel=1e-6)
+
+
+def test_random_projection_estimator_is_unbiased():
+    model, x = small_relu_net(), inputs()
+    exact = regularizers.jacobian_sq_norm(model(x), x)
+    torch.manual_seed(0)
+    estimate = regularizers.jacobian_sq_norm(model(x), x, projections=4000)
+    assert torch.allclose(estimate, exact, rtol=0.08)
+    one = regularizers.jacobian_sq_norm(model(x), x, projections=1)
+    assert one.shape == exact.shape and one.requires_grad
+
+
+def test_jacobian_penalty_is_differentiable_in_the_weights():
+    model, x = small_relu_net(), inputs()
+    regularizers.jacobian_penalty(model(x), x).backward()
+    assert model[1].weight.grad is not None and model[1].weight.grad.abs().sum() > 0
+
+
+def test_input_gradient_penalty_of_a_linear_model_matches_the_closed_form():
+    model, x = linear(), inputs()
+    y = torch.tensor([0, 1, 2, 0, 1])
+    w, b = model[1].weight, model[1].bias
+    p = F.softmax(x.flatten(1) @ w.T + b, dim=1)
+    grads = (p - F.one_hot(y, 3).float()) @ w
+    value = regularizers.input_gradient_penalty(model(x), x, y).detach()
+    assert float(value) == pytest.approx(float(grads.pow(2).sum(dim=1).mean()), rel=1e-5)
+
+
+def test_cross_lipschitz_penalty_matches_the_pairwise_sum():
+    model, x = small_relu_net(), inputs()
+    jac = metrics.logit_jacobian(model(x), x).flatten(2)
+    k = jac.shape[1]
+    pairs = sum((jac[:, i] - jac[:, j]).pow(2).sum(dim=1) for i in range(k) for j in range(k))
+    value = regularizers.cross_lipschitz_penalty(model(x), x).detach()
+    assert float(value) == pytest.approx(float(pairs.mean() / k**2), rel=1e-5)
+
+
+def literal_algorithm_1(layers, radius: float) -> torch.Tensor:
+    """Seed 000 Algorithm 1 written out: LayerSensitivity, MeanXLayerActivations, Σ LS • MLA."""
+    total = torch.zeros(())
+    for clean, perturbed in layers:
+        n_copies, n = perturbed.shape[:2]
+        diff_sums = (perturbed - clean).abs().sum(dim=(0, 1))
+        mla = clean.abs().sum(dim=0) / n
+        ls = diff_sums / (n * n_copies * radius * mla.numel() * mla)
+        total = total + torch.nan_to_num(ls * mla, nan=0.0).sum()   # dead neurons: weight 0
+    return total
+
+
+def test_ns_loss_is_algorithm_1_and_batched_equals_sequential():
+    model, x = small_relu_net(), inputs(8).detach()
+    torch.manual_seed(3)
+    layers, logits = nsloss.layer_activations(model, x, 0.5, copies=4, batched=True)
+    torch.manual_seed(3)
+    seq_layers, seq_logits = nsloss.layer_activations(model, x, 0.5, copies=4, batched=False)
+    assert len(layers) == 3                                  # two ReLUs and the logits
+    assert layers[0][1].shape == (4, 8, 6) and torch.allclose(logits, seq_logits, atol=1e-6)
+    value = nsloss.ns_loss(layers, 0.5).detach()
+    assert float(value) == pytest.approx(float(literal_algorithm_1(layers, 0.5).detach()), rel=1e-5)
+    assert float(nsloss.ns_loss(seq_layers, 0.5).detach()) == pytest.approx(float(value), rel=1e-5)
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_perturbed_copies_lie_on_the_sphere():
+    x = torch.rand(6, 1, 3, 3)
+    xp = nsloss.sphere(x, 1.5, copies=4)
+    assert xp.shape == (4, 6, 1, 3, 3)
+    assert torch.allclose((xp - x).flatten(2).norm(dim=2), torch.full((4, 6), 1.5))
+
+
+def test_presets_follow_table_1_and_explicit_fields_win(registry):
+    ns = registry.make_defense("ns-loss", preset="cifar10").config
+    assert (ns.lam, ns.ns_eps, ns.copies, ns.finetune_epochs, ns.finetune_lr) == (10.0, 3.0, 10, 100, 1e-4)
+    combined = registry.make_defense("combined", preset="mnist", lam_ns=1.0).config
+    assert (combined.lam_ns, combined.lam_jac, combined.ns_eps, combined.copies) == (1.0, 0.01, 1.0, 5)
+    assert registry.make_defense("jacobian-reg", preset="seed000-mnist").config.lam == 0.01
+    assert registry.make_defense("jacobian-reg").config.lam == 0.1
+
+
+def test_bounded_search_finds_the_largest_passing_lambda_within_a_decade():
+    tried = []
+
+    def ok(lam):
+        tried.append(lam)
+        return lam < 2.0
+
+    lam = nsloss.bounded_search(ok, 1.0, trials=6)
+    assert 1.0 <= lam < 2.0 and lam > 1.8 and len(tried) == 6
+    assert all(1 / math.sqrt(10) <= t <= math.sqrt(10) for t in tried)
+    assert nsloss.bounded_search(lambda lam: False, 1.0, trials=3) == pytest.approx(1 / math.sqrt(10))
+
+
+def tiny_data(n: int = 128) -> DataSplits:
+    d = testing.digits()
+    return DataSplits(d.name, d.train.take(n, 0), d.test.take(64, 0), d.num_classes)
+
+
+def test_auto_lambda_follows_the_calibration_protocol(registry):
+    defense = registry.make_defense("ns-loss", lam="auto", copies=2, batch_size=32, auto_trials=2,
+                                    auto_trial_batches=2)
+    with pytest.raises(ArenaError, match="auto"):
+        defense.loss(testing.trained_model().train(), *testing.attack_batch(4))
+    defense.train(testing.trained_model(), tiny_data(), seed=0, finetune=True)
+    record = defense.calibration["ns"]
+    assert record["lam0"] == pytest.approx(math.log2(10) / record["r0"])
+    assert len(record["trials"]) == 2 and defense.lams["ns"] == record["lam"]
+    assert record["lam0"] / math.sqrt(10) <= record["lam"] <= record["lam0"] * math.sqrt(10)
+
+
+def test_adversarial_training_configs_are_checked(registry):
+    with pytest.raises(ConfigError, match="did you mean 'pgd'"):
+        registry.make_defense("adversarial-training", attack="pgdd")
+    with pytest.raises(ConfigError, match="attack"):
+        registry.make_defense("fgsm-at", attack="pgd")
+    with pytest.raises(ConfigError, match="steps"):
+        registry.make_defense("jacobian-reg", adversarial={"attack": "pgd", "attack_params": {"stepz": 1}})
+
+
+def test_adversarial_training_with_ratio_one_is_cross_entropy_on_attacked_inputs(registry):
+    model = testing.trained_model().train()
+    x, y = testing.attack_batch(16)
+    defense = registry.make_defense("adversarial-training", attack="fgsm", eps=0.2, ratio=1.0)
+    x_adv = registry.make_attack("fgsm")(model, x, y, 0.2).x_adv
+    assert model.training                               # the harness restored training mode
+    assert float(defense.loss(model, x, y)) == pytest.approx(float(F.cross_entropy(model(x_adv), y)), rel=1e-5)
+    half = registry.make_defense("adversarial-training", attack="fgsm", eps=0.2)
+    expected = 0.5 * F.cross_entropy(model(x), y) + 0.5 * F.cross_entropy(model(x_adv), y)
+    assert float(half.loss(model, x, y)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_vat_perturbation_has_radius_eps_and_raises_the_kl_more_than_noise(registry):
+    model = testing.trained_model()
+    x, _ = testing.attack_batch(32)
+    vat = registry.make_defense("vat", eps=0.5)
+    with torch.no_grad():
+        logits = model(x)
+    torch.manual_seed(0)
+    r = vat.virtual_adversarial(model, x, logits)
+    assert torch.allclose(r.flatten(1).norm(dim=1), torch.full((32,), 0.5), atol=1e-5)
+    noise = torch.randn_like(x)
+    noise = 0.5 * noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        kl = [F.kl_div(F.log_softmax(model(x + d), 1), F.log_softmax(logits, 1), log_target=True,
+                       reduction="batchmean") for d in (r, noise)]
+    assert kl[0] > 2 * kl[1]
+
+
+def test_vat_curvature_product_is_the_limit_of_miyatos_finite_difference():
+    model = small_relu_net().double()
+    x = torch.rand(6, 1, 2, 2, dtype=torch.float64)
+    d = torch.randn_like(x)
+    with torch.no_grad():
+        logits = model(x)
+    exact = adversarial._curvature_product(model, x, logits, d)
+    xi = 1e-4
+    r = (xi * d).requires_grad_(True)
+    (fd,) = torch.autograd.grad(adversarial._kl(logits, model(x + r)) * x.shape[0], r)
+    assert torch.allclose(fd / xi, exact, rtol=1e-3, atol=1e-8)
+
+
+# ---------------------------------------------------------------- the papers' effects, on digits
+# Protocol (seeds 000 and 002 post-process a trained model): the shared digits CNN of
+# arena.testing (8 epochs of standard training, seed 42) is fine-tuned on the full digits
+# training split with Adam, the same schedule for `standard` and for the defense, seed 42.
+
+SCHEDULE = {"finetune_epochs": 3, "finetune_lr": 1e-3, "batch_size": 64}
+
+
+@functools.lru_cache(maxsize=None)
+def finetuned(defense_id: str, **params) -> nn.Module:
+    defense = testing.registry().make_defense(defense_id, **SCHEDULE, **params)
+    return defense.train(testing.trained_model().train(), testing.digits(), seed=42, finetune=True).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def correct_test_points(defense_id: str, n: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    model, test = finetuned(defense_id), testing.digits().test
+    with torch.no_grad():
+        keep = model(test.x).argmax(dim=1) == test.y
+    return test.x[keep][:n], test.y[keep][:n]
+
+
+def minimal_fgsm_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest L2 FGSM step (on a geometric grid of ε, 0.1 to 7.9) that fools each sample."""
+    attack = testing.registry().make_attack("fgsm", norm="l2")
+    best, found = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+    for eps in (0.1 * 1.2**i for i in range(25)):
+        result = attack(model, x, y, eps)
+        new = result.success & ~found
+        best[new], found = result.x_adv[new], found | result.success
+    return best, found
+
+
+def rho(defense_id: str, attack: str) -> float:
+    model, (x, y) = finetuned(defense_id), correct_test_points(defense_id)
+    if attack == "deepfool":
+        result = testing.registry().make_attack("deepfool")(model, x, y)
+        x_adv, success = result.x_adv, result.success
+    else:
+        x_adv, success = minimal_fgsm_l2(model, x, y)
+    return metrics.empirical_robustness(x, x_adv, success)
+
+
+def sensitivity(defense_id: str, split: str) -> float:
+    data = getattr(testing.digits(), split)
+    return metrics.loss_sensitivity(finetuned(defense_id), data.x, data.y)
+
+
+def figures(name: str, std: float, defended: float) -> str:
+    return f"{name}: standard {std:.4f}, defense {defended:.4f}"
+
+
+def test_jacobian_reg_lowers_the_jacobian_norm_and_keeps_clean_accuracy():
+    test = testing.digits().test
+    std, jac = (metrics.mean_jacobian_frobenius(finetuned(d), test.x) for d in ("standard", "jacobian-reg"))
+    assert jac < std, figures("mean ‖J‖_F", std, jac)
+    acc_std, acc_jac = (metrics.clean_accuracy(finetuned(d), test.x, test.y)
+                        for d in ("standard", "jacobian-reg"))
+    assert acc_jac >= acc_std - 0.02, figures("clean accuracy", acc_std, acc_jac)
+
+
+def test_jacobian_reg_raises_the_minimal_fgsm_perturbation():
+    std, jac = rho("standard", "fgsm"), rho("jacobian-reg", "fgsm")
+    assert jac > std, figures("ρ (minimal L2 FGSM)", std, jac)
+
+
+@pytest.mark.xfail(reason="does not reproduce with this schedule (standard 0.1535, jacobian-reg 0.1467); "
+                          "reported to the lead, see the module notes", strict=False)
+def test_jacobian_reg_raises_deepfools_rho():
+    if "deepfool" not in testing.registry().attacks:
+        pytest.skip("the deepfool attack plugin is not installed")
+    std, jac = rho("standard", "deepfool"), rho("jacobian-reg", "deepfool")
+    assert jac > std, figures("ρ (DeepFool)", std, jac)
+
+
+@pytest.mark.xfail(reason="does not reproduce with this schedule (standard 0.365, ns-loss 0.700 on training "
+                          "points); reported to the lead", strict=False)
+def test_ns_loss_flattens_the_loss_gradient_on_training_points():
+    std, ns = sensitivity("standard", "train"), sensitivity("ns-loss", "train")
+    assert ns < std, figures("loss sensitivity on training points", std, ns)
+
+
+def test_input_gradient_reg_lowers_the_loss_sensitivity():
+    std, ig = sensitivity("standard", "test"), sensitivity("input-gradient-reg", "test")
+    assert ig < std, figures("loss sensitivity on test points", std, ig)
+
+
+def test_fgsm_adversarial_training_raises_the_accuracy_under_fgsm():
+    fgsm, test = testing.registry().make_attack("fgsm"), testing.digits().test
+    for eps in (0.1, 0.3):
+        acc = []
+        for d in ("standard", "fgsm-at"):
+            model = finetuned(d)
+            with torch.no_grad():
+                correct = model(test.x).argmax(dim=1) == test.y
+            acc.append(metrics.adversarial_accuracy(fgsm(model, test.x, test.y, eps).success, correct))
+        assert acc[1] > acc[0], figures(f"accuracy under FGSM ε={eps}", *acc)
