@@ -76,7 +76,7 @@ def inputs(n: int = 5) -> torch.Tensor:
 
 def test_exact_jacobian_penalty_of_a_linear_model_is_the_squared_weight_norm():
     model, x = linear(), inputs()
-    w = model[1].weight
+    w = model[1].weight.detach()
     value = float(regularizers.jacobian_penalty(model(x), x).detach())
     assert value == pytest.approx(float(w.pow(2).sum().detach()), rel=1e-6)
     eq4 = regularizers.jacobian_penalty(model(x), x, form="eq4")   # √(N‖W‖²) / N
@@ -102,8 +102,8 @@ def test_jacobian_penalty_is_differentiable_in_the_weights():
 def test_input_gradient_penalty_of_a_linear_model_matches_the_closed_form():
     model, x = linear(), inputs()
     y = torch.tensor([0, 1, 2, 0, 1])
-    w, b = model[1].weight, model[1].bias
-    p = F.softmax(x.flatten(1) @ w.T + b, dim=1)
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    p = F.softmax(x.detach().flatten(1) @ w.T + b, dim=1)
     grads = (p - F.one_hot(y, 3).float()) @ w
     value = regularizers.input_gradient_penalty(model(x), x, y).detach()
     assert float(value) == pytest.approx(float(grads.pow(2).sum(dim=1).mean()), rel=1e-5)
@@ -202,13 +202,17 @@ def test_adversarial_training_configs_are_checked(registry):
 def test_adversarial_training_with_ratio_one_is_cross_entropy_on_attacked_inputs(registry):
     model = testing.trained_model().train()
     x, y = testing.attack_batch(16)
-    defense = registry.make_defense("adversarial-training", attack="fgsm", eps=0.2, ratio=1.0)
     x_adv = registry.make_attack("fgsm")(model, x, y, 0.2).x_adv
     assert model.training                               # the harness restored training mode
-    assert float(defense.loss(model, x, y)) == pytest.approx(float(F.cross_entropy(model(x_adv), y)), rel=1e-5)
-    half = registry.make_defense("adversarial-training", attack="fgsm", eps=0.2)
-    expected = 0.5 * F.cross_entropy(model(x), y) + 0.5 * F.cross_entropy(model(x_adv), y)
-    assert float(half.loss(model, x, y)) == pytest.approx(float(expected), rel=1e-5)
+
+    def loss(defense_id: str, **params) -> float:
+        return float(registry.make_defense(defense_id, **params).loss(model, x, y).detach())
+
+    with torch.no_grad():
+        clean, adv = F.cross_entropy(model(x), y), F.cross_entropy(model(x_adv), y)
+    assert loss("adversarial-training", attack="fgsm", eps=0.2, ratio=1.0) == pytest.approx(float(adv), rel=1e-5)
+    half = loss("adversarial-training", attack="fgsm", eps=0.2)
+    assert half == pytest.approx(float(0.5 * clean + 0.5 * adv), rel=1e-5)
 
 
 def test_vat_perturbation_has_radius_eps_and_raises_the_kl_more_than_noise(registry):
@@ -245,6 +249,16 @@ def test_vat_curvature_product_is_the_limit_of_miyatos_finite_difference():
 # Protocol (seeds 000 and 002 post-process a trained model): the shared digits CNN of
 # arena.testing (8 epochs of standard training, seed 42) is fine-tuned on the full digits
 # training split with Adam, the same schedule for `standard` and for the defense, seed 42.
+#
+# Two directions do not reproduce and are marked xfail (not tuned), with the figures:
+# * jacobian-reg divides the mean ‖J‖_F by 7 (26.4 -> 3.6) but mostly by shrinking the logits:
+#   the mean logit margin falls by the same factor (6.56 -> 0.92; margin/‖J‖_F 0.248 -> 0.259),
+#   and DeepFool's ρ, which is scale-free, does not move (0.1535 -> 0.1467). The same holds after
+#   10 epochs at lr 1e-4 (0.1516 -> 0.1477); trained from scratch (8 epochs) ρ rises
+#   (0.157 -> 0.194) but clean accuracy falls 7 points.
+# * ns-loss lowers ‖J‖_F (26.4 -> 6.6) and raises robustness to FGSM and DeepFool's ρ, but the
+#   loss gradient at training points grows (0.365 -> 0.700): the logits flatten, the predictions
+#   lose confidence, and ‖Jᵀ(p − y)‖ grows with (p − y).
 
 SCHEDULE = {"finetune_epochs": 3, "finetune_lr": 1e-3, "batch_size": 64}
 
@@ -307,8 +321,8 @@ def test_jacobian_reg_raises_the_minimal_fgsm_perturbation():
     assert jac > std, figures("ρ (minimal L2 FGSM)", std, jac)
 
 
-@pytest.mark.xfail(reason="does not reproduce with this schedule (standard 0.1535, jacobian-reg 0.1467); "
-                          "reported to the lead, see the module notes", strict=False)
+@pytest.mark.xfail(reason="does not reproduce on digits (ρ standard 0.1535, jacobian-reg 0.1467): see the "
+                          "notes above the effect tests", strict=False)
 def test_jacobian_reg_raises_deepfools_rho():
     if "deepfool" not in testing.registry().attacks:
         pytest.skip("the deepfool attack plugin is not installed")
@@ -316,8 +330,8 @@ def test_jacobian_reg_raises_deepfools_rho():
     assert jac > std, figures("ρ (DeepFool)", std, jac)
 
 
-@pytest.mark.xfail(reason="does not reproduce with this schedule (standard 0.365, ns-loss 0.700 on training "
-                          "points); reported to the lead", strict=False)
+@pytest.mark.xfail(reason="does not reproduce on digits (standard 0.365, ns-loss 0.700 on training points): "
+                          "see the notes above the effect tests", strict=False)
 def test_ns_loss_flattens_the_loss_gradient_on_training_points():
     std, ns = sensitivity("standard", "train"), sensitivity("ns-loss", "train")
     assert ns < std, figures("loss sensitivity on training points", std, ns)
