@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ConfigError
-from arena.tournament.store import Store, decode_mask
+from arena.leaderboard.tables import worst_case
+from arena.tournament.store import Store
 
 FORMATS = ("png", "svg")
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None}}
@@ -200,23 +201,12 @@ def _heatmap_grid(models: list, rows: list) -> tuple[list[str], list[list[float]
             v = math.nan if m is None else _pct(m)
             line_v.append(v)
             line_t.append("–" if m is None else m["status"] if math.isnan(v) else f"{v:.1f}")
-        worst = _worst([by_key[(model["defense"], a)] for a in attacks if (model["defense"], a) in by_key], model)
+        worst = worst_case(model, [by_key[(model["defense"], a)] for a in attacks if (model["defense"], a) in by_key])
         line_v.append(math.nan if worst is None else 100 * worst)
         line_t.append("–" if worst is None else f"{100 * worst:.1f}")
         values.append(line_v)
         texts.append(line_t)
     return attacks + ["worst case"], values, texts
-
-
-def _worst(rows: list, model: Any) -> float | None:
-    """Per-example worst case over the successful matches in ``rows`` (one defense, one budget)."""
-    ok = [m for m in rows if m["status"] == "ok" and m["robust_mask"]]
-    if not ok:
-        return None
-    robust = decode_mask(model["clean_mask"])
-    for m in ok:
-        robust = [r and s for r, s in zip(robust, decode_mask(m["robust_mask"]))]
-    return sum(robust) / max(len(robust), 1)
 
 
 def _heatmap_figure(norm: str, eps: float, models: list, rows: list) -> Any:

@@ -128,7 +128,7 @@ def _section(norm: str, models: list, matches: list) -> Section:
         for a, b in columns:
             m = by_key.get((d, a, b))
             cells.append(None if m is None else m["robust_accuracy"] if m["status"] == "ok" else m["status"])
-        cells += [_worst(model, [m for m in matches if m["defense"] == d and m["budget"] == b]) for b in budgets]
+        cells += [worst_case(model, [m for m in matches if m["defense"] == d and m["budget"] == b]) for b in budgets]
         rows.append(cells)
     k = len(budgets)
     rows.sort(key=lambda r: -_mean([v for v in r[len(r) - k:] if isinstance(v, float)]))
@@ -156,9 +156,9 @@ def _attack_section(models: list, matches: list) -> Section:
     return Section("attacks (success rate in %)", headers, rows)
 
 
-def _worst(model, matches: list) -> float | None:
-    """Per-example worst case over the ok matches given (all of one norm and budget)."""
-    ok = [m for m in matches if m["status"] == "ok"]
+def worst_case(model, matches: list) -> float | None:
+    """Per-example worst case over the ok matches given (one defense, one norm and budget)."""
+    ok = [m for m in matches if m["status"] == "ok" and m["robust_mask"]]
     if not ok:
         return None
     robust = decode_mask(model["clean_mask"])
