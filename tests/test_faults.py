@@ -86,7 +86,7 @@ TOURNAMENT = """
 name = "killable"
 dataset = "digits"
 architecture = "digits-cnn"
-samples = 120
+samples = 100
 batch_size = 40
 [training]
 epochs = 3
@@ -97,12 +97,12 @@ id = "gda"
 params = { copies = 2 }
 [[attacks]]
 id = "pgd"
-params = { steps = 60 }
+params = { steps = 30 }
 budgets = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
 [[attacks]]
 name = "pgd-l2"
 id = "pgd"
-params = { norm = "l2", steps = 60 }
+params = { norm = "l2", steps = 30 }
 budgets = [0.5, 1.0, 1.5, 2.0]
 """
 
