@@ -226,7 +226,7 @@ def verdicts(case: Case, rows: list[Outcome]) -> list[Verdict]:
         fastest = max(speed_peers, key=lambda r: r.per_s)
         ratio = arena_row.per_s / fastest.per_s
         out.append(Verdict(case.name, f"speed ≥ {case.speed_target:g}× {fastest.tool}",
-                           ratio >= case.speed_target, f"{ratio:.2f}×"))
+                           ratio >= case.speed_target, f"{ratio:.3f}×"))
     if peers:
         best = max(peers.values(), key=lambda r: r.success)
         gap = 100 * (arena_row.success - best.success)
