@@ -241,3 +241,20 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path):
         assert proc.returncode == 2
         assert proc.stderr.startswith("Error: ") and len(proc.stderr.strip().splitlines()) == 1
         assert message in proc.stderr
+
+
+def test_a_wrapper_around_a_fixed_budget_attack_gets_no_unbounded_run(tmp_path, reg):
+    """eot's class is minimal (its default inner attack is cw-l2), but eot around fgsm is a
+    fixed-budget attack: it must be run at its budgets only, never at ε = ∞ (which crashed)."""
+    path = write(tmp_path, extra_attacks='[[attacks]]\nname = "eot-fgsm"\nid = "eot"\n'
+                                         'params = { inner = "fgsm", samples = 2 }\nbudgets = [0.1]')
+    store, run_id = run(path, reg, tmp_path / "r.db", tmp_path / "cache")
+    rows = [r for r in store.matches(run_id) if r["attack"] == "eot-fgsm"]
+    assert sorted((r["defense"], r["budget"]) for r in rows) == [("gda", 0.1), ("standard", 0.1)]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+
+
+def test_a_wrapper_around_a_fixed_budget_attack_needs_budgets(tmp_path, reg):
+    path = write(tmp_path, extra_attacks='[[attacks]]\nname = "eot-fgsm"\nid = "eot"\nparams = { inner = "fgsm" }')
+    with pytest.raises(arena.ConfigError, match=r"attacks\[2\].budgets: fixed-budget attack 'eot' needs"):
+        load_tournament(path, reg)

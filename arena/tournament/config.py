@@ -181,7 +181,7 @@ def _check_plugins(cfg: TournamentConfig, registry: Registry) -> None:
                               f"'{entry.id}' is {cls.knowledge.value}")
         if entry.surrogate is not None and entry.view is not None:
             raise ConfigError(f"attacks[{i}]: choose either surrogate (transfer) or view (gray-box)")
-        if not cls.minimal and not entry.budgets:
+        if not attack_minimal(cls, entry.params) and not entry.budgets:
             raise ConfigError(f"attacks[{i}].budgets: fixed-budget attack '{entry.id}' needs at least one budget")
 
 
@@ -196,6 +196,13 @@ def _check_ref(where: str, ref: PluginRef, kind: str, registry: Registry,
     except ConfigError as exc:
         raise ConfigError(f"{where}.params: {exc}") from None
     return cls
+
+
+def attack_minimal(cls: type, params: dict[str, Any]) -> bool:
+    """Whether the attack configured with ``params`` is a minimal-perturbation attack. Asked of
+    an instance: a wrapper (``eot``, ``bpda``, ``repeated``) is minimal exactly when its inner
+    attack is, whatever its class attribute says."""
+    return bool(cls(**params).minimal)
 
 
 def merged_params(cls: type, params: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:

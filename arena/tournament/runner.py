@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from arena.model import default_device
 from arena.registry import Registry
-from arena.tournament.config import DefenseEntry, TournamentConfig, defense_order
+from arena.tournament.config import AttackEntry, DefenseEntry, TournamentConfig, attack_minimal, defense_order
 from arena.tournament.entrants import EntrantSpec, Prepared, prepare
 from arena.tournament.executors import LocalExecutor, RayExecutor
 from arena.tournament.matches import Entrant, MatchOutcome, MatchSpec, craft_transfer, run_match, score_transfer
@@ -41,6 +41,7 @@ class Runner:
         self.executor = executor or LocalExecutor()
         self.source, self.source_text = source, source_text
         self.entrants: dict[str, Entrant] = {}
+        self._minimal: dict[str, bool] = {}
 
     def run(self, resume: bool = False) -> int:
         """Run (or, with ``resume``, finish) the tournament; returns the run id."""
@@ -66,15 +67,19 @@ class Runner:
         return run_id
 
     # ------------------------------------------------------------- planning
-    def _budgets(self, attack_id: str, budgets: list[float]) -> list[float]:
-        return list(budgets) + ([UNBOUNDED] if self.registry.get("attacks", attack_id).minimal else [])
+    def _budgets(self, attack: AttackEntry) -> list[float]:
+        """The entry's budgets, plus ∞ for a minimal attack (judged per configured instance: a
+        wrapper such as eot is minimal only when its inner attack is)."""
+        if attack.label not in self._minimal:
+            self._minimal[attack.label] = attack_minimal(self.registry.get("attacks", attack.id), attack.params)
+        return list(attack.budgets) + ([UNBOUNDED] if self._minimal[attack.label] else [])
 
     def _todo(self, done: set[tuple[str, str, float]]) -> dict[str, list[tuple[Any, list[float]]]]:
         """Per defense, the attacks with the budgets still to be run."""
         todo: dict[str, list[tuple[Any, list[float]]]] = {}
         for d in self.cfg.defenses:
             for a in self.cfg.attacks:
-                missing = [b for b in self._budgets(a.id, a.budgets) if (d.label, a.label, b) not in done]
+                missing = [b for b in self._budgets(a) if (d.label, a.label, b) not in done]
                 if missing:
                     todo.setdefault(d.label, []).append((a, missing))
         return todo
@@ -112,7 +117,7 @@ class Runner:
     def _entrant_failed(self, label: str, exc: BaseException) -> None:
         reason = f"defense '{label}' could not be built: {type(exc).__name__}: {exc}".splitlines()[0]
         for a in self.cfg.attacks:
-            for b in self._budgets(a.id, a.budgets):
+            for b in self._budgets(a):
                 self.store.save_match(self.run_id, MatchRow(
                     defense=label, attack=a.label, budget=b, attack_id=a.id, attack_config=a.params, norm="",
                     knowledge="", status="failed", error=reason))
