@@ -102,8 +102,9 @@ class Attack(Plugin):
         threat = self._validate(x, y, eps, targets)
         self.context = context  # the defense object, for adaptive attacks (declared hooks only)
         with _attack_mode(model) as fingerprint, _seeded(seed, x.device):
-            clean_logits = _logits(model, x)
-            _check_labels(y, targets, clean_logits.shape[1], self.id)
+            if x.shape[0]:
+                num_classes = _logits(model, x[:1]).shape[1]  # one sample tells the class count
+                _check_labels(y, targets, num_classes, self.id)
             target = self._target(model, x.shape[0], x.device)
             out = self.run(target, x, y, threat.eps, targets)
             x_adv, queries = _unpack(out, target, x.shape[0], x.device)

@@ -189,6 +189,28 @@ def test_jsma_pair_search_matches_brute_force():
             assert scores[tuple(picks[i].tolist())] == max(scores.values())
 
 
+@pytest.mark.parametrize("seed_size", [4, 64])
+def test_jsma_branch_and_bound_equals_the_full_pair_search(monkeypatch, seed_size):
+    """The pruned search finds a pair as good as the exhaustive one (D = 150 > the seed set)."""
+    monkeypatch.setattr(jsma, "_SEED", seed_size)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        n, d = 6, 150
+        alpha = torch.randn(n, d, generator=gen) * 2 + torch.randn(n, 1, generator=gen)
+        beta = torch.randn(n, d, generator=gen) + torch.randn(n, 1, generator=gen)
+        domain = torch.rand(n, d, generator=gen) < torch.rand(n, 1, generator=gen)
+        picks, found = jsma._best_pairs(alpha, beta, domain)
+        sa, sb = alpha[:, :, None] + alpha[:, None, :], beta[:, :, None] + beta[:, None, :]
+        ok = (sa > 0) & (sb < 0) & domain[:, :, None] & domain[:, None, :] & ~torch.eye(d, dtype=torch.bool)
+        best = torch.where(ok, -sa * sb, torch.tensor(float("-inf"))).flatten(1).amax(1)
+        assert torch.equal(found, torch.isfinite(best))
+        p, q = picks[found, 0], picks[found, 1]
+        rows = found.nonzero().squeeze(1)
+        got = -(alpha[rows, p] + alpha[rows, q]) * (beta[rows, p] + beta[rows, q])
+        assert (p != q).all() and domain[rows, p].all() and domain[rows, q].all()
+        torch.testing.assert_close(got, best[found])
+
+
 def test_jsma_blocked_pair_search_is_exact(data, monkeypatch):
     model, x, y = data
     targets = (y + 1) % 10

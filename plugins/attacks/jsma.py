@@ -21,6 +21,8 @@ from arena.threat import Norm
 
 # Largest number of pair scores (samples × rows × features) held at once in the pair search.
 _PAIR_BLOCK = 1 << 22
+# Features of largest saliency bound searched first, for the branch-and-bound floor.
+_SEED = 64
 
 
 class JSMAConfig(PluginConfig):
@@ -204,28 +206,58 @@ def _best_single(alpha: torch.Tensor, beta: torch.Tensor,
 
 
 def _best_pairs(alpha: torch.Tensor, beta: torch.Tensor,
-                domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pair saliency (Algorithm 3): the pair p ≠ q of the domain maximising ``-(α_p + α_q)·(β_p
-    + β_q)`` with ``α_p + α_q > 0`` and ``β_p + β_q < 0``, searched in blocks of rows p so that
-    at most ``_PAIR_BLOCK`` scores exist at once (D = 784 gives 614k pairs per sample)."""
+    + β_q)`` with ``α_p + α_q > 0`` and ``β_p + β_q < 0``, found exactly by branch and bound.
+
+    Every pair containing p scores at most ``U_p = (α_p + max α)⁺ · (−β_p − min β)⁺`` (maxima
+    over the domain), and a pair scores at most ``min(U_p, U_q)``. A first search among the
+    ``_SEED`` features of largest bound gives each sample a feasible score L; only features
+    with ``U_p ≥ L`` can be part of a better pair, so the exact search runs over those
+    candidates (the largest candidate count in the batch), not over all D² pairs. Samples
+    without any feasible pair fall back to the search over every feature of the domain."""
     n, d = alpha.shape
-    best = alpha.new_full((n,), float("-inf"))
-    best_at = torch.zeros(n, dtype=torch.long, device=alpha.device)
-    rows = max(1, _PAIR_BLOCK // max(1, n * d))
-    cols = torch.arange(d, device=alpha.device)
-    for r0 in range(0, d, rows):
-        r = cols[r0:r0 + rows]
-        a = alpha[:, r0:r0 + rows, None] + alpha[:, None, :]
-        b = beta[:, r0:r0 + rows, None] + beta[:, None, :]
-        ok = (a > 0) & (b < 0) & domain[:, r0:r0 + rows, None] & domain[:, None, :]
-        ok &= (r.unsqueeze(1) != cols.unsqueeze(0)).unsqueeze(0)
-        score = torch.where(ok, -a * b, torch.full_like(a, float("-inf"))).flatten(1)
+    ninf = float("-inf")
+    a_max = alpha.masked_fill(~domain, ninf).amax(dim=1, keepdim=True)
+    b_min = beta.masked_fill(~domain, float("inf")).amin(dim=1, keepdim=True)
+    bound = (alpha + a_max).clamp_min(0) * (-(beta + b_min)).clamp_min(0)
+    bound = bound.masked_fill(~domain, ninf)
+    order = bound.argsort(dim=1, descending=True)
+    seed = min(d, _SEED)
+    picks, best = _pairs_among(alpha, beta, domain, order[:, :seed])
+    # Candidates: features whose bound reaches the seed score (all of the domain where the seed
+    # search found nothing); the search among the top-m features by bound covers all of them.
+    floor = torch.where(torch.isfinite(best), best, best.new_full((n,), ninf))
+    candidates = ((bound >= floor.unsqueeze(1)) & domain).sum(dim=1)
+    m = int(candidates.max()) if n else 0
+    if m > seed:
+        picks, best = _pairs_among(alpha, beta, domain, order[:, :m])
+    return picks, torch.isfinite(best)
+
+
+def _pairs_among(alpha, beta, domain, cols) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best pair (as feature indices) among the features ``cols`` (n, m) of each sample,
+    and its score (``-inf`` where no pair qualifies), in blocks of at most ``_PAIR_BLOCK``."""
+    n, m = cols.shape
+    a, b, dom = alpha.gather(1, cols), beta.gather(1, cols), domain.gather(1, cols)
+    best = a.new_full((n,), float("-inf"))
+    best_at = torch.zeros(n, dtype=torch.long, device=a.device)
+    step = max(1, _PAIR_BLOCK // max(1, n * m))
+    idx = torch.arange(m, device=a.device)
+    for r0 in range(0, m, step):
+        r = idx[r0:r0 + step]
+        sa = a[:, r0:r0 + step, None] + a[:, None, :]
+        sb = b[:, r0:r0 + step, None] + b[:, None, :]
+        ok = (sa > 0) & (sb < 0) & dom[:, r0:r0 + step, None] & dom[:, None, :]
+        ok &= (r.unsqueeze(1) != idx.unsqueeze(0)).unsqueeze(0)
+        score = torch.where(ok, -sa * sb, torch.full_like(sa, float("-inf"))).flatten(1)
         value, at = score.max(dim=1)
         better = value > best
         best = torch.where(better, value, best)
-        best_at = torch.where(better, at + r0 * d, best_at)
-    picks = torch.stack([best_at // d, best_at % d], dim=1)
-    return picks, torch.isfinite(best)
+        best_at = torch.where(better, at + r0 * m, best_at)
+    picks = torch.stack([cols.gather(1, (best_at // m).unsqueeze(1)).squeeze(1),
+                         cols.gather(1, (best_at % m).unsqueeze(1)).squeeze(1)], dim=1)
+    return picks, best
 
 
 @hookimpl
