@@ -103,7 +103,8 @@ def run(file: Path, db: Path | None, executor: str, address: str | None, resume:
 @click.option("--dataset", default=None, help="only if the run is on this dataset")
 @click.option("--budget", type=float, default=None, help="only matches at this budget")
 @click.option("--threat-model", "knowledge", default=None,
-              type=click.Choice(["white-box", "gray-box", "black-box", "adaptive"]), help="only these attacks")
+              type=click.Choice(["white-box", "gray-box", "black-box", "transfer", "adaptive"]),
+              help="only these attacks")
 @user_errors
 def leaderboard(db: Path, fmt: str, run_id: int | None, dataset: str | None, budget: float | None,
                 knowledge: str | None) -> None:

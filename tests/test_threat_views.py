@@ -9,6 +9,7 @@ import torch
 
 import arena
 from arena.attack import FixedBudgetAttack
+from arena.leaderboard import tables
 from arena.tournament.config import parse_tournament
 from arena.tournament.runner import Runner
 from arena.tournament.store import Store
@@ -50,12 +51,18 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("views")
     reg = arena.load_plugins(extra=[("views", plugin)])
     store = Store(tmp / "v.db")
     SEEN.clear()
     run_id = Runner(parse_tournament(CONFIG, reg), reg, store, cache_dir=tmp / "c", progress=False).run()
+    return store, run_id
+
+
+@pytest.fixture(scope="module")
+def results(finished):
+    store, run_id = finished
     return {(r["defense"], r["attack"]): r for r in store.matches(run_id)}
 
 
@@ -72,6 +79,20 @@ def test_transfer_examples_are_crafted_once_and_judged_everywhere(results):
     # 3 defenses × (white + gray) batches, plus one crafting pass for the transfer attack
     assert len(SEEN) == 3 * 2 + 1
     assert results[("standard", "transfer")]["robust_accuracy"] <= results[("gda", "transfer")]["robust_accuracy"] + 0.2
+
+
+def test_the_leaderboard_names_each_attacks_threat_model(finished):
+    store, run_id = finished
+    board = tables.build(store, run_id)
+    attacks = next(s for s in board.sections if s.norm.startswith("attacks"))
+    shown = {row[0]: row[attacks.headers.index("threat model")] for row in attacks.rows}
+    assert shown == {"white": "white-box linf", "gray": "gray-box linf", "transfer": "transfer linf"}
+    assert "transfer linf" in board.render("table")
+    assert {r["attack"]: r["threat_model"] for r in board.long_rows}["transfer"] == "transfer"
+    only = tables.build(store, run_id, knowledge="transfer")
+    assert {r["attack"] for r in only.long_rows} == {"transfer"}
+    with pytest.raises(arena.ConfigError, match="no match"):  # transfer rows are not filed as black-box
+        tables.build(store, run_id, knowledge="black-box")
 
 
 def test_transfer_needs_a_white_box_attack_and_a_known_surrogate(registry):

@@ -331,7 +331,8 @@ def _match_body(site: Site, m: Any) -> str:
     budget = tables.budget_label(m["budget"])
     pairs = [("defense", f"<a href=\"../{site.defense_href(m['defense'])}\">{escape(m['defense'])}</a>"),
              ("attack", escape(m["attack"])), ("attack plugin", f"<code>{escape(m['attack_id'])}</code>"),
-             ("norm", escape(m["norm"])), ("knowledge", escape(m["knowledge"])), ("budget ε", escape(budget)),
+             ("norm", escape(m["norm"])), ("threat model", escape(tables.threat_model(m))),
+             ("budget ε", escape(budget)),
              ("status", f"<strong>{escape(m['status'])}</strong>"),
              ("robust accuracy", _fmt(m["robust_accuracy"], "pct")),
              ("robust samples", f"{sum(mask)} of {len(mask)}" if mask else "–"),

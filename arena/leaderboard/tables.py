@@ -86,7 +86,7 @@ def budget_label(b: float) -> str:
 def build(store: Store, run_id: int | None = None, *, dataset: str | None = None,
           budget: float | None = None, knowledge: str | None = None) -> Leaderboard:
     """The leaderboard of ``run_id`` (the newest run by default), optionally filtered to one
-    dataset (the run's), one budget and one threat model (attack knowledge)."""
+    dataset (the run's), one budget and one threat model (:func:`threat_model`)."""
     run_id = run_id if run_id is not None else store.latest_run()
     run = store.run(run_id) if run_id is not None else None
     if run is None:
@@ -98,7 +98,7 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
     if budget is not None:
         matches = [m for m in matches if math.isclose(m["budget"], budget, rel_tol=1e-9)]
     if knowledge is not None:
-        matches = [m for m in matches if m["knowledge"] == knowledge]
+        matches = [m for m in matches if threat_model(m) == knowledge]
     if (budget is not None or knowledge is not None) and not matches:
         raise ConfigError(f"{store.path}: no match of run {run_id} fits the filters")
     sections = [_section(norm, models, [m for m in matches if m["norm"] == norm])
@@ -150,10 +150,19 @@ def _attack_section(models: list, matches: list) -> Section:
         rates = [c["success_rate"] if c is not None and c["status"] == "ok" else None for c in cells]
         queries = _mean([c["mean_queries"] or 0.0 for c in ok])
         seconds = sum(c["wall_seconds"] or 0.0 for c in ok)
-        rows.append([attack, f"{first['knowledge']} {first['norm']}", budget_label(budget),
+        rows.append([attack, f"{threat_model(first)} {first['norm']}", budget_label(budget),
                      _mean([r for r in rates if r is not None]), *rates, f"{queries:.0f}", f"{seconds:.1f}"])
     rows.sort(key=lambda r: -r[3])
     return Section("attacks (success rate in %)", headers, rows)
+
+
+def threat_model(match) -> str:
+    """The threat model a match row is shown under: its attack's knowledge, except that a
+    transfer attack (examples crafted on a surrogate entry, stored as black-box since the target
+    is never queried) is shown as ``transfer``."""
+    keys = match.keys() if hasattr(match, "keys") else ()
+    provenance = json.loads(match["provenance_json"] or "{}") if "provenance_json" in keys else {}
+    return "transfer" if provenance.get("surrogate") else match["knowledge"]
 
 
 def worst_case(model, matches: list) -> float | None:
@@ -170,7 +179,7 @@ def worst_case(model, matches: list) -> float | None:
 def _long_rows(models: list, matches: list) -> list[dict[str, object]]:
     clean = {m["defense"]: m["clean_accuracy"] for m in models}
     return [{"defense": m["defense"], "attack": m["attack"], "attack_id": m["attack_id"], "norm": m["norm"],
-             "knowledge": m["knowledge"], "budget": m["budget"], "status": m["status"],
+             "knowledge": m["knowledge"], "threat_model": threat_model(m), "budget": m["budget"], "status": m["status"],
              "clean_accuracy": clean.get(m["defense"]), "robust_accuracy": m["robust_accuracy"],
              "success_rate": m["success_rate"], "mean_distance": m["mean_distance"],
              "mean_queries": m["mean_queries"], "wall_seconds": m["wall_seconds"]} for m in matches]
