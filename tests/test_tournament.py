@@ -258,3 +258,21 @@ def test_a_wrapper_around_a_fixed_budget_attack_needs_budgets(tmp_path, reg):
     path = write(tmp_path, extra_attacks='[[attacks]]\nname = "eot-fgsm"\nid = "eot"\nparams = { inner = "fgsm" }')
     with pytest.raises(arena.ConfigError, match=r"attacks\[2\].budgets: fixed-budget attack 'eot' needs"):
         load_tournament(path, reg)
+
+
+def test_a_randomised_entrant_gives_the_same_results_whatever_the_rng_state(tmp_path, reg):
+    """NAC draws fresh logit noise on every call: its clean predictions, the gray-box re-judging
+    and the detector/transfer judging must be seeded by the tournament, not by whatever the
+    process did before (training consumed the generator on the first run, the cache did not)."""
+    path = write(tmp_path, extra_defenses='[[defenses]]\nid = "nac"\non = "standard"\nparams = { sigma = 3.0 }',
+                 extra_attacks='[[attacks]]\nname = "gray"\nid = "fgsm"\nview = "gray-box"\nbudgets = [0.05]\n'
+                               '[[attacks]]\nname = "transfer"\nid = "fgsm"\nsurrogate = "standard"\nbudgets = [0.05]')
+    results = []
+    for i, junk in enumerate((0, 12345)):
+        torch.manual_seed(junk)
+        store, run_id = run(path, reg, tmp_path / f"r{i}.db", tmp_path / "cache")
+        clean = {m["defense"]: m["clean_mask"] for m in store.models(run_id)}
+        masks = {(r["defense"], r["attack"], r["budget"]): r["robust_mask"] for r in store.matches(run_id)}
+        results.append((clean, masks))
+    assert results[0][0] == results[1][0]
+    assert results[0][1] == results[1][1]

@@ -18,7 +18,7 @@ from arena.registry import Registry
 from arena.training import predict
 from arena.tournament.cache import ModelCache, content_key
 from arena.tournament.config import DefenseEntry, PluginRef, merged_params
-from arena.tournament.matches import Entrant
+from arena.tournament.matches import Entrant, seeded
 from arena.tournament.store import encode_mask
 
 
@@ -67,12 +67,13 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
             model, detector = below.model.to(device), defense
             defense.fit(model, data.train, seed=spec.seed)
     seconds = time.perf_counter() - start
-    correct = predict(model, evaluation.x.to(device), spec.batch_size).argmax(1).cpu() == evaluation.y
-    fpr = None
-    if detector is not None:
-        with torch.no_grad():
-            fpr = float(detector.detect(model, evaluation.x.to(device)).float().mean())
-    checks = model_checks(model, evaluation.x[:64].to(device), evaluation.y[:64].to(device))
+    with seeded(spec.seed, device):  # a randomised model's clean answers must not depend on the RNG's history
+        correct = predict(model, evaluation.x.to(device), spec.batch_size).argmax(1).cpu() == evaluation.y
+        fpr = None
+        if detector is not None:
+            with torch.no_grad():
+                fpr = float(detector.detect(model, evaluation.x.to(device)).float().mean())
+        checks = model_checks(model, evaluation.x[:64].to(device), evaluation.y[:64].to(device))
     row = dict(defense=entry.label, checks=checks, provenance=getattr(defense, "provenance", {"backend": "torch"}), defense_id=entry.id, defense_kind=cls.defense_kind.value,
                config=defense.config.model_dump(mode="json"), clean_accuracy=float(correct.float().mean()),
                clean_mask=encode_mask(correct), false_positive_rate=fpr, cache_key=key, train_seconds=seconds)

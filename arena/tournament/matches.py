@@ -86,6 +86,15 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Torch's generator seeded with ``seed`` inside the block and restored after it, so that a
+    randomised defended model (NAC) answers the same in a fresh, cached or resumed run."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def run_match(registry: Registry, entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
     """Run ``spec`` against ``entrant`` on the evaluation ``data``; never raises for plugin faults."""
     device = default_device()
@@ -126,13 +135,14 @@ def _attack(entrant: Entrant, attack: Attack, eps: float | None, spec: MatchSpec
         x, y = data.x[sel].to(device), data.y[sel].to(device)
         result = attack(victim, x, y, eps, seed=spec.seed + b, context=entrant.defense)
         fooled = result.success
-        if victim is not entrant.model:
-            fooled = predict(entrant.model, result.x_adv).argmax(1) != y
-        if entrant.detector is not None:
-            with torch.no_grad():
-                flagged = entrant.detector.detect(entrant.model, result.x_adv)
-        else:
-            flagged = torch.zeros(len(sel), dtype=torch.bool)
+        with seeded(spec.seed + b, device):
+            if victim is not entrant.model:
+                fooled = predict(entrant.model, result.x_adv).argmax(1) != y
+            if entrant.detector is not None:
+                with torch.no_grad():
+                    flagged = entrant.detector.detect(entrant.model, result.x_adv)
+            else:
+                flagged = torch.zeros(len(sel), dtype=torch.bool)
         for key, value in (("fooled", fooled), ("detected", flagged), ("distance", result.distance),
                            ("queries", result.queries), ("x_adv", result.x_adv if spec.save_examples else None)):
             if value is not None:
@@ -183,8 +193,8 @@ def score_transfer(registry: Registry, entrant: Entrant, spec: MatchSpec, crafte
             rows.append(_row(entrant.label, spec, attack, budget, "failed", item, 0.0, started, "black-box"))
             continue
         x_adv, distance = item[0][idx].to(device), item[1][idx]
-        fooled = (predict(entrant.model, x_adv).argmax(1).cpu() != data.y[idx])
-        with torch.no_grad():
+        with seeded(spec.seed, device), torch.no_grad():
+            fooled = (predict(entrant.model, x_adv).argmax(1).cpu() != data.y[idx])
             flagged = (entrant.detector.detect(entrant.model, x_adv).cpu() if entrant.detector is not None
                        else torch.zeros(len(idx), dtype=torch.bool))
         row = _row(entrant.label, spec, attack, budget, "ok", None, 0.0, started, "black-box")
