@@ -67,13 +67,23 @@ def test_targeted_cw_reaches_its_targets(registry, model):
     assert torch.equal(result.success, pred == targets) and bool(result.success.all())
 
 
-def test_cw_early_abort_saves_queries(registry, model):
+@pytest.mark.parametrize("scope", ["batch", "sample"])
+def test_cw_early_abort_saves_queries(registry, model, scope):
     x, y = testing.attack_batch(16)
     full = registry.make_attack("cw-l2", **CW, abort_early=False)(model, x, y)
-    early = registry.make_attack("cw-l2", **CW)(model, x, y)
+    early = registry.make_attack("cw-l2", **CW, abort_scope=scope)(model, x, y)
     assert torch.equal(full.queries, torch.full_like(full.queries, 3 * 50))
-    assert bool((early.queries <= full.queries).all()) and early.queries.sum() < full.queries.sum()
+    assert bool((early.queries <= full.queries).all())
     assert float(early.distance.median()) <= 1.05 * float(full.distance.median())
+    if scope == "sample":
+        assert early.queries.sum() < full.queries.sum()
+    # A constant so small that the loss barely moves: the batch's summed loss stalls at the
+    # first check and the whole batch stops together, as in the reference.
+    tiny = {"steps": 50, "binary_search_steps": 1, "initial_const": 1e-6, "lr": 1e-4}
+    stalled = registry.make_attack("cw-l2", **tiny, abort_scope=scope)(model, x, y)
+    assert int(stalled.queries.max()) < 50
+    if scope == "batch":
+        assert torch.equal(stalled.queries, torch.full_like(stalled.queries, int(stalled.queries[0])))
 
 
 def test_cw_presets_fill_only_unset_fields(registry):
@@ -90,7 +100,8 @@ def test_cw_presets_fill_only_unset_fields(registry):
 
 
 @pytest.mark.parametrize("attack_id, params, n", [
-    ("cw-l2", CW, 6), ("deepfool", {"norm": "l2"}, 24), ("deepfool", {"norm": "linf"}, 24)])
+    ("cw-l2", {**CW, "abort_scope": "sample"}, 6), ("cw-l2", {**CW, "abort_early": False}, 6),
+    ("deepfool", {"norm": "l2"}, 24), ("deepfool", {"norm": "linf"}, 24)])
 def test_batched_run_matches_one_sample_at_a_time(registry, model, attack_id, params, n):
     x, y = testing.attack_batch(n)
     attack = registry.make_attack(attack_id, **params)

@@ -9,9 +9,12 @@ image in the box (§V-B, "change of variables"), Adam minimises ``||x' - x||² +
 
 Speed: one forward and one backward pass per Adam step for the whole active batch; the inner
 loop never synchronises with the host except at the early-abort checks (every ``steps // 10``
-iterations), where samples whose loss has stalled leave the batch. The early abort is judged per
-sample (the reference judges the batch's summed loss), so a sample's result does not depend on
-the batch it ran in.
+iterations). By default the abort is judged, as in the reference, on the batch's summed loss
+(when it stalls the binary-search step ends for the whole batch). ``abort_scope = "sample"``
+judges each sample on its own loss and lets stalled samples leave the batch: faster, and a
+sample's result then does not depend on its batch, but the per-sample loss of a sample that
+oscillates around the boundary stalls early: on the benchmark CNN (Fashion-MNIST, 100 steps,
+one binary-search step, c = 10) its median L2 was 14% above the batch criterion's.
 """
 from __future__ import annotations
 
@@ -66,7 +69,10 @@ class CWConfig(PluginConfig):
     initial_const: float = Field(1e-3, gt=0, description="first value of c")
     binary_search_steps: int = Field(9, ge=1)
     confidence: float = Field(0.0, ge=0, description="κ: the logit margin to reach")
-    abort_early: bool = Field(True, description="stop a sample whose loss stalls (steps/10 window)")
+    abort_early: bool = Field(True, description="stop when the loss stalls (steps/10 window)")
+    abort_scope: Literal["batch", "sample"] = Field(
+        "batch", description="judge the stall on the batch's summed loss (the reference, foolbox, "
+        "torchattacks) or per sample (faster: a stalled sample leaves the batch; somewhat weaker)")
     preset: Preset | None = Field(None, description="fills the fields not given explicitly")
     preset_data: Literal["mnist", "cifar10"] = Field(
         "cifar10", description="which column of seed 000 Table II the seed-000 presets use")
@@ -162,8 +168,9 @@ class CarliniWagnerL2(MinimalAttack):
     def _descend(self, model, x, w0, labels, const, targeted: bool, best: _Best) -> torch.Tensor:
         """One binary-search step: Adam from ``w0`` for every sample, recording successes.
 
-        A sample leaves the batch when its loss fell by less than 0.01% over the last
-        ``steps // 10`` iterations (the reference's early abort, per sample instead of per batch).
+        The reference's early abort: the step ends when the batch's summed loss fell by less
+        than 0.01% over the last ``steps // 10`` iterations (``abort_scope = "sample"``: a
+        sample whose own loss stalled leaves the batch).
         """
         cfg = self.config
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -174,6 +181,8 @@ class CarliniWagnerL2(MinimalAttack):
                 model, act.w, act.x, act.labels, act.const, cfg.confidence, targeted)
             since += 1
             if cfg.abort_early and it % interval == 0:
+                if cfg.abort_scope == "batch":  # the reference: the batch's summed loss
+                    loss = loss.sum().expand(loss.shape)
                 stalled, act.prev = loss > act.prev - 1e-4 * act.prev.abs(), loss
                 if it and bool(stalled.any()):  # the only host sync: every steps // 10
                     act.write_back(best, found, since)
