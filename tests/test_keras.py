@@ -286,15 +286,24 @@ budgets = [0.1]
 """
 
 
-@on_tf
-def test_model_files_enter_a_tournament_next_to_torch(reg, files, tmp_path):
+@pytest.fixture(scope="module")
+def mixed(reg, files, tmp_path_factory):
+    """The mixed tournament above, run once: (runner, store, run_id)."""
     import tomllib
 
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the mixed tournament's Keras entrant needs KERAS_BACKEND=tensorflow")
+    tmp = tmp_path_factory.mktemp("mixed")
     text = TOURNAMENT.format(keras=files / "digits.keras", torch=files / "digits.pt")
     cfg = parse_tournament(tomllib.loads(text), reg)
-    store = Store(tmp_path / "r.db")
-    runner = Runner(cfg, reg, store, cache_dir=tmp_path / "cache", progress=False)
-    run_id = runner.run()
+    store = Store(tmp / "r.db")
+    runner = Runner(cfg, reg, store, cache_dir=tmp / "cache", progress=False)
+    return runner, store, runner.run()
+
+
+@on_tf
+def test_model_files_enter_a_tournament_next_to_torch(mixed):
+    runner, store, run_id = mixed
     models = {m["defense"]: m for m in store.models(run_id)}
     assert set(models) == {"standard", "keras-file", "torch-file", "feature-squeezing"}
     assert models["keras-file"]["clean_accuracy"] == models["torch-file"]["clean_accuracy"] > 0.85
@@ -308,6 +317,31 @@ def test_model_files_enter_a_tournament_next_to_torch(reg, files, tmp_path):
     assert runner.entrants["torch-file"].defense.provenance["backend"] == "torch"
     board = tables.build(store, run_id).render("table")
     assert "keras-file" in board and "standard" in board
+
+
+@on_tf
+def test_the_backend_of_every_entrant_is_recorded_and_shown(mixed, tmp_path):
+    """A wrapper runs on the backend of the model it wraps: feature squeezing around the Keras
+    file is a Keras entrant (it was recorded as torch), and the leaderboard and site say so."""
+    from arena.leaderboard import site
+
+    _, store, run_id = mixed
+    prov = {m["defense"]: json.loads(m["provenance_json"]) for m in store.models(run_id)}
+    assert prov["standard"] == {"backend": "torch"}
+    assert prov["keras-file"]["backend"] == "keras" and prov["keras-file"]["keras_backend"] == "tensorflow"
+    assert prov["feature-squeezing"] == prov["keras-file"]
+    assert prov["torch-file"]["backend"] == "torch" and prov["torch-file"]["sha256"]
+    board = tables.build(store, run_id)
+    text = board.render("table")
+    assert "- standard: backend torch" in text and "- torch-file: backend torch, model file" in text
+    assert "- keras-file: backend keras (tensorflow), model file" in text
+    assert "- feature-squeezing: backend keras (tensorflow), model file" in text
+    rows = {(r["defense"], r["attack"]): r["backend"] for r in board.long_rows}
+    assert rows[("keras-file", "fgsm")] == "keras (tensorflow)" and rows[("standard", "fgsm")] == "torch"
+    index = site.publish(store, run_id, tmp_path / "site")
+    page = (index.parent / "defenses" / "feature-squeezing.html").read_text()
+    assert "<dt>backend</dt><dd>keras (tensorflow)</dd>" in page
+    assert "Model provenance" in page and "sha256" in page
 
 
 @on_tf

@@ -352,6 +352,7 @@ def _defense_body(site: Site, model: Any) -> str:
     """A defense's training configuration and the list of its matches."""
     d = model["defense"]
     pairs = [("plugin", f"<code>{escape(model['defense_id'])}</code>"), ("kind", escape(model["defense_kind"])),
+             ("backend", escape(tables.backend(model))),
              ("clean accuracy", _fmt(model["clean_accuracy"], "pct")),
              ("detector false-positive rate", _fmt(model["false_positive_rate"], "pct")),
              ("training time", _fmt(model["train_seconds"], "s")),
@@ -365,6 +366,7 @@ def _defense_body(site: Site, model: Any) -> str:
     head = "".join(f"<th scope=\"col\">{h}</th>" for h in
                    ("attack", "norm", "ε", "status", "robust accuracy", "mean queries", "wall time"))
     return (f"<h1>{escape(d)}</h1>\n" + _facts(pairs) + "<h2>Configuration</h2>\n"
-            + _json_pre(json.loads(model["config_json"])) + "<h2>Model probes (sanity checks)</h2>\n"
+            + _json_pre(json.loads(model["config_json"])) + "<h2>Model provenance</h2>\n"
+            + _json_pre(_loads(_get(model, "provenance_json"))) + "<h2>Model probes (sanity checks)</h2>\n"
             + _json_pre(_loads(_get(model, "checks_json"))) + "<h2>Matches</h2>\n<div class=\"scroll\">\n"
             f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n</div>\n")

@@ -105,6 +105,8 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
                 for norm in sorted({m["norm"] for m in matches if m["norm"]})]
     sections.append(_attack_section(models, matches))
     notes = [f"sanity: {flag}" for flag in checks.flags(models, matches)]
+    if any(backend(m) != "torch" for m in models):  # say which backend ran each entrant
+        notes += [f"{m['defense']}: backend {backend(m)}{_model_file(m)}" for m in models]
     notes += [f"{m['defense']}: detector flags {100 * m['false_positive_rate']:.1f}% of clean inputs"
              for m in models if m["false_positive_rate"] is not None]
     notes += [f"{m['attack']} vs {m['defense']} (ε={budget_label(m['budget'])}): {m['status']}: {m['error']}"
@@ -165,6 +167,27 @@ def threat_model(match) -> str:
     return "transfer" if provenance.get("surrogate") else match["knowledge"]
 
 
+def _model_provenance(model) -> dict:
+    keys = model.keys() if hasattr(model, "keys") else ()
+    return json.loads(model["provenance_json"] or "{}") if "provenance_json" in keys else {}
+
+
+def backend(model) -> str:
+    """The backend that ran a defense's model ("torch", "keras (tensorflow)"); a wrapper or
+    detector reports the backend of the model it wraps."""
+    prov = _model_provenance(model)
+    name = str(prov.get("backend", "torch"))
+    return f"{name} ({prov['keras_backend']})" if prov.get("keras_backend") else name
+
+
+def _model_file(model) -> str:
+    prov = _model_provenance(model)
+    if not (prov.get("path") or prov.get("sha256")):
+        return ""
+    return (", model file" + (f" {prov['path']}" if prov.get("path") else "")
+            + (f" (sha256 {prov['sha256'][:12]}…)" if prov.get("sha256") else ""))
+
+
 def worst_case(model, matches: list) -> float | None:
     """Per-example worst case over the ok matches given (one defense, one norm and budget)."""
     ok = [m for m in matches if m["status"] == "ok" and m["robust_mask"]]
@@ -178,11 +201,14 @@ def worst_case(model, matches: list) -> float | None:
 
 def _long_rows(models: list, matches: list) -> list[dict[str, object]]:
     clean = {m["defense"]: m["clean_accuracy"] for m in models}
+    backends = {m["defense"]: backend(m) for m in models}
     return [{"defense": m["defense"], "attack": m["attack"], "attack_id": m["attack_id"], "norm": m["norm"],
-             "knowledge": m["knowledge"], "threat_model": threat_model(m), "budget": m["budget"], "status": m["status"],
+             "knowledge": m["knowledge"], "threat_model": threat_model(m), "budget": m["budget"],
+             "status": m["status"],
              "clean_accuracy": clean.get(m["defense"]), "robust_accuracy": m["robust_accuracy"],
              "success_rate": m["success_rate"], "mean_distance": m["mean_distance"],
-             "mean_queries": m["mean_queries"], "wall_seconds": m["wall_seconds"]} for m in matches]
+             "mean_queries": m["mean_queries"], "wall_seconds": m["wall_seconds"],
+             "backend": backends.get(m["defense"])} for m in matches]
 
 
 def _mean(values: list[float]) -> float:

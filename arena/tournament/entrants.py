@@ -74,10 +74,15 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
             with torch.no_grad():
                 fpr = float(detector.detect(model, evaluation.x.to(device)).float().mean())
         checks = model_checks(model, evaluation.x[:64].to(device), evaluation.y[:64].to(device))
-    row = dict(defense=entry.label, checks=checks, provenance=getattr(defense, "provenance", {"backend": "torch"}), defense_id=entry.id, defense_kind=cls.defense_kind.value,
-               config=defense.config.model_dump(mode="json"), clean_accuracy=float(correct.float().mean()),
-               clean_mask=encode_mask(correct), false_positive_rate=fpr, cache_key=key, train_seconds=seconds)
-    return Prepared(Entrant(entry.label, defense, model, base, detector, correct, key), row)
+    provenance = getattr(defense, "provenance", None)
+    if provenance is None:  # a wrapper or detector runs on the backend of the model it wraps
+        parent = parents.get(entry.on) if entry.on else None
+        provenance = dict(parent.provenance) if parent is not None and parent.provenance else {"backend": "torch"}
+    row = dict(defense=entry.label, checks=checks, provenance=provenance, defense_id=entry.id,
+               defense_kind=cls.defense_kind.value, config=defense.config.model_dump(mode="json"),
+               clean_accuracy=float(correct.float().mean()), clean_mask=encode_mask(correct),
+               false_positive_rate=fpr, cache_key=key, train_seconds=seconds)
+    return Prepared(Entrant(entry.label, defense, model, base, detector, correct, key, provenance), row)
 
 
 def _train(registry: Registry, spec: EntrantSpec, defense: Any, data: DataSplits,

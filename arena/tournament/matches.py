@@ -43,6 +43,7 @@ class Entrant:
     detector: DetectorDefense | None
     clean_correct: torch.Tensor  # bool per evaluated sample
     cache_key: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # backend that runs the model, model file
 
 
 @dataclass(frozen=True)
