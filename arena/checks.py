@@ -144,7 +144,7 @@ def _weaker_access(d: str, matches: list[Any]) -> list[Flag]:
     from arena.tournament.store import decode_mask
 
     out = []
-    for (norm, budget) in {(m["norm"], m["budget"]) for m in matches}:
+    for (norm, budget) in sorted({(m["norm"], m["budget"]) for m in matches}):
         rows = [m for m in matches if (m["norm"], m["budget"]) == (norm, budget)]
         white = [decode_mask(m["robust_mask"]) for m in rows if m["knowledge"] in ("white-box", "adaptive")]
         weaker = [m for m in rows if m["knowledge"] in ("black-box", "gray-box")]

@@ -88,3 +88,13 @@ def test_model_probe_findings_become_flags(tmp_path):
     found = flags(*_store(tmp_path, [("pgd", "white-box", 0.1, "1000", 20, 0.75)], checks))
     assert _checks(found) == ["probabilities", "randomized-without-eot", "zero-gradients"]
     assert any("eot" in f.suggestion for f in found)
+
+
+def test_flags_come_in_a_fixed_order(tmp_path):
+    """Flags are listed by budget, not in the iteration order of a set of (norm, budget) keys,
+    which changes with the process's string-hash seed (leaderboard notes and sites reshuffled)."""
+    budgets = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+    rows = [("pgd", "white-box", b, "1000", 20, 0.75) for b in budgets]
+    rows += [("hsj", "black-box", b, "0100", 500, 0.75) for b in budgets]
+    found = [f for f in flags(*_store(tmp_path, rows)) if f.check == "weaker-access-wins"]
+    assert [f.message.split("at ε=")[1].split(" ")[0] for f in found] == [f"{b:g}" for b in budgets]
