@@ -92,14 +92,14 @@ def _unmark_failures(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def art_cw_tool(model, s):
     """ART's CarliniL2Method (line-searched gradient descent, binary search over c), whole batch,
-    at ART's default ``max_iter`` (each iteration is a gradient step plus a line search of up to
-    ``max_halving + max_doubling`` forward passes)."""
+    with the same iterations per binary-search step as the others (each of ART's iterations is a
+    gradient step plus a line search of up to ``max_halving + max_doubling`` forward passes)."""
     from art.attacks.evasion import CarliniL2Method
     from art.estimators.classification import PyTorchClassifier
     clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
                             nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
     attack = CarliniL2Method(clf, confidence=0.0, learning_rate=s["lr"],
-                             binary_search_steps=s["binary_search_steps"], max_iter=s["art_steps"],
+                             binary_search_steps=s["binary_search_steps"], max_iter=s["steps"],
                              initial_const=s["c"], batch_size=s["n"], verbose=False)
     return judged(model, lambda x, y: torch.from_numpy(attack.generate(x.numpy(), y=y.numpy())))
 
@@ -152,12 +152,12 @@ CASES = [
     Case("cw-l2 (binary search)", "cw-l2",
          lambda s: {"steps": s["steps"], "lr": s["lr"], "initial_const": s["c"],
                     "binary_search_steps": s["binary_search_steps"], "confidence": 0.0},
-         "l2", {"steps": 100, "art_steps": 10, "lr": 0.01, "c": 1.0, "binary_search_steps": 5},
+         "l2", {"steps": 100, "lr": 0.01, "c": 1.0, "binary_search_steps": 5},
          {"ART": art_cw_tool,
           "foolbox": foolbox_tool("L2CarliniWagnerAttack", minimal=True, binary_search_steps=S("binary_search_steps"),
                                   steps=S("steps"), stepsize=S("lr"), initial_const=S("c"), confidence=0.0)},
          ("ART",), 10.0, minimal=True, samples=32,
-         quick={"binary_search_steps": 3, "samples": 16, "steps": 30, "art_steps": 3}),
+         quick={"binary_search_steps": 3, "samples": 16, "steps": 30}),
     Case("deepfool", "deepfool",
          lambda s: {"norm": "l2", "steps": s["steps"], "overshoot": s["overshoot"]},
          "l2", {"steps": 50, "overshoot": 0.02},

@@ -21,8 +21,6 @@ from arena.threat import Norm
 
 # Largest number of pair scores (samples × rows × features) held at once in the pair search.
 _PAIR_BLOCK = 1 << 22
-# Features of largest saliency bound searched first, for the branch-and-bound floor.
-_SEED = 64
 
 
 class JSMAConfig(PluginConfig):
@@ -207,32 +205,40 @@ def _best_single(alpha: torch.Tensor, beta: torch.Tensor,
 
 def _best_pairs(alpha: torch.Tensor, beta: torch.Tensor,
                domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pair saliency (Algorithm 3): the pair p ≠ q of the domain maximising ``-(α_p + α_q)·(β_p
-    + β_q)`` with ``α_p + α_q > 0`` and ``β_p + β_q < 0``, found exactly by branch and bound.
+    """Pair saliency (Algorithm 3): the pair p ≠ q of the domain maximising ``(α_p + α_q)·(−β_p
+    − β_q)`` with ``α_p + α_q > 0`` and ``β_p + β_q < 0``, found exactly among few candidates.
 
-    Every pair containing p scores at most ``U_p = (α_p + max α)⁺ · (−β_p − min β)⁺`` (maxima
-    over the domain), and a pair scores at most ``min(U_p, U_q)``. A first search among the
-    ``_SEED`` features of largest bound gives each sample a feasible score L; only features
-    with ``U_p ≥ L`` can be part of a better pair, so the exact search runs over those
-    candidates (the largest candidate count in the batch), not over all D² pairs. Samples
-    without any feasible pair fall back to the search over every feature of the domain."""
+    For a fixed p the score grows with ``α_q`` and with ``−β_q``, so a partner q can be replaced
+    by any feature that dominates it in both (ties broken by index). The best partner of p is
+    therefore on the Pareto front of the domain without p, and the best pair lies within the
+    first two Pareto layers of the domain (a point on the front of "domain minus z" is on the
+    first layer, or dominated by z alone, which puts it on the second). Both layers come from a
+    sort and two running maxima; the exhaustive pair search then runs over those candidates
+    only (the largest candidate count in the batch), not over all D² pairs."""
     n, d = alpha.shape
     ninf = float("-inf")
-    a_max = alpha.masked_fill(~domain, ninf).amax(dim=1, keepdim=True)
-    b_min = beta.masked_fill(~domain, float("inf")).amin(dim=1, keepdim=True)
-    bound = (alpha + a_max).clamp_min(0) * (-(beta + b_min)).clamp_min(0)
-    bound = bound.masked_fill(~domain, ninf)
-    order = bound.argsort(dim=1, descending=True)
-    seed = min(d, _SEED)
-    picks, best = _pairs_among(alpha, beta, domain, order[:, :seed])
-    # Candidates: features whose bound reaches the seed score (all of the domain where the seed
-    # search found nothing); the search among the top-m features by bound covers all of them.
-    floor = torch.where(torch.isfinite(best), best, best.new_full((n,), ninf))
-    candidates = ((bound >= floor.unsqueeze(1)) & domain).sum(dim=1)
-    m = int(candidates.max()) if n else 0
-    if m > seed:
-        picks, best = _pairs_among(alpha, beta, domain, order[:, :m])
+    a = alpha.masked_fill(~domain, ninf)
+    v = (-beta).masked_fill(~domain, ninf)
+    # Lexicographic order: α descending, then −β descending, then index (stable sorts).
+    order = v.sort(dim=1, descending=True, stable=True).indices
+    order = order.gather(1, a.gather(1, order).sort(dim=1, descending=True, stable=True).indices)
+    vs = v.gather(1, order)
+    first = _undominated(vs)
+    second = _undominated(vs.masked_fill(first, ninf)) & ~first
+    keep = torch.zeros_like(domain).scatter_(1, order, first | second) & domain
+    count = keep.sum(dim=1)
+    m = max(2, int(count.max())) if n else 2
+    cols = keep.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :min(m, d)]
+    picks, best = _pairs_among(alpha, beta, domain, cols)
     return picks, torch.isfinite(best)
+
+
+def _undominated(values: torch.Tensor) -> torch.Tensor:
+    """Per row, the entries larger than every earlier finite entry (the Pareto front when rows
+    are sorted by the other coordinate): an exclusive running maximum."""
+    running = values.cummax(dim=1).values
+    before = torch.cat([values.new_full((values.shape[0], 1), float("-inf")), running[:, :-1]], dim=1)
+    return (values > before) & torch.isfinite(values)
 
 
 def _pairs_among(alpha, beta, domain, cols) -> tuple[torch.Tensor, torch.Tensor]:
