@@ -220,6 +220,8 @@ def test_cli_runs_a_tournament_and_prints_the_leaderboard(tmp_path):
      r"t.toml: defenses\[1\].params: defense 'gda': copies: Input should be greater than or equal to 1"),
     (lambda t: t + '\n[[defenses]]\nid = "off-grid"\non = "standrad"\n',
      r"t.toml: defenses\[2\].on: no defense named 'standrad' \(did you mean 'standard'\?\)"),
+    (lambda t: t.replace('budgets = [1.0]', 'budgets = [1.0]\nagainst = ["gdaa"]'),
+     r"t.toml: attacks\[1\].against: no defense named 'gdaa' \(did you mean 'gda'\?\)"),
     (lambda t: t.replace('name = "tiny"', 'name = "tiny'), r"t.toml: invalid TOML"),
 ])
 def test_bad_tournament_files_give_one_line_errors(tmp_path, reg, edit, message):
@@ -276,3 +278,19 @@ def test_a_randomised_entrant_gives_the_same_results_whatever_the_rng_state(tmp_
         results.append((clean, masks))
     assert results[0][0] == results[1][0]
     assert results[0][1] == results[1][1]
+
+
+def test_an_attack_runs_only_against_the_defenses_it_names(tmp_path, reg):
+    """``against`` pairs an attack with some defenses only (cw-wb with detectors): the other
+    pairs are not matches at all, not failures, and a resumed run does not ask for them."""
+    path = write(tmp_path, extra_attacks='[[attacks]]\nname = "counted-gda"\nid = "counted"\n'
+                                         'budgets = [0.1]\nagainst = ["gda"]')
+    store, run_id = run(path, reg, tmp_path / "r.db", tmp_path / "cache")
+    rows = [r for r in store.matches(run_id) if r["attack"] == "counted-gda"]
+    assert [(r["defense"], r["status"]) for r in rows] == [("gda", "ok")]
+    assert len(store.matches(run_id)) == 2 * 3 + 1
+    calls = CALLS["count"]
+    store.conn.execute("UPDATE runs SET status = 'running'")  # as if killed before finishing
+    store.conn.commit()
+    store, resumed = run(path, reg, tmp_path / "r.db", tmp_path / "cache", resume=True)
+    assert resumed == run_id and CALLS["count"] == calls and len(store.matches(run_id)) == 7

@@ -66,10 +66,17 @@ class AttackEntry(PluginRef):
     surrogate: str | None = Field(
         None, description="transfer: craft on this defense entry's model, evaluate on every defense")
     timeout: float | None = Field(None, gt=0, description="seconds per attack run; default match_timeout")
+    against: list[str] | None = Field(
+        None, description="the defense entries this attack is run against (default: every one); "
+        "for attacks made for one kind of defense, such as cw-wb against detectors")
 
     @property
     def label(self) -> str:
         return self.name or self.id
+
+    def faces(self, defense: str) -> bool:
+        """Whether this attack is run against the defense entry labelled ``defense``."""
+        return self.against is None or defense in self.against
 
     @field_validator("budgets")
     @classmethod
@@ -181,6 +188,11 @@ def _check_plugins(cfg: TournamentConfig, registry: Registry) -> None:
                               f"'{entry.id}' is {cls.knowledge.value}")
         if entry.surrogate is not None and entry.view is not None:
             raise ConfigError(f"attacks[{i}]: choose either surrogate (transfer) or view (gray-box)")
+        for target in entry.against or []:
+            if target not in labels:
+                raise ConfigError(f"attacks[{i}].against: no defense named '{target}'{did_you_mean(target, labels)}")
+        if entry.against is not None and not entry.against:
+            raise ConfigError(f"attacks[{i}].against: name at least one defense (or leave it out)")
         if not attack_minimal(cls, entry.params) and not entry.budgets:
             raise ConfigError(f"attacks[{i}].budgets: fixed-budget attack '{entry.id}' needs at least one budget")
 

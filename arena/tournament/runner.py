@@ -79,6 +79,8 @@ class Runner:
         todo: dict[str, list[tuple[Any, list[float]]]] = {}
         for d in self.cfg.defenses:
             for a in self.cfg.attacks:
+                if not a.faces(d.label):
+                    continue
                 missing = [b for b in self._budgets(a) if (d.label, a.label, b) not in done]
                 if missing:
                     todo.setdefault(d.label, []).append((a, missing))
@@ -117,7 +119,7 @@ class Runner:
     def _entrant_failed(self, label: str, exc: BaseException) -> None:
         reason = f"defense '{label}' could not be built: {type(exc).__name__}: {exc}".splitlines()[0]
         for a in self.cfg.attacks:
-            for b in self._budgets(a):
+            for b in self._budgets(a) if a.faces(label) else []:
                 self.store.save_match(self.run_id, MatchRow(
                     defense=label, attack=a.label, budget=b, attack_id=a.id, attack_config=a.params, norm="",
                     knowledge="", status="failed", error=reason))
