@@ -124,6 +124,10 @@ class InferenceDefense(Defense):
     """A defense that changes how a trained model answers; :meth:`wrap` returns the defended model."""
 
     defense_kind: ClassVar[DefenseKind] = DefenseKind.INFERENCE
+    #: ``wrap`` trains parameters of its own (a sanitiser network). Such a defense's ``wrap``
+    #: also accepts ``train=False``, returning the same structure untrained, so that a
+    #: tournament can restore the trained state from its model cache instead of training again.
+    learned: ClassVar[bool] = False
 
     def wrap(self, model: nn.Module, data: DataSplits, *, seed: int = 42) -> DefendedModel:
         raise NotImplementedError

@@ -294,3 +294,22 @@ def test_an_attack_runs_only_against_the_defenses_it_names(tmp_path, reg):
     store.conn.commit()
     store, resumed = run(path, reg, tmp_path / "r.db", tmp_path / "cache", resume=True)
     assert resumed == run_id and CALLS["count"] == calls and len(store.matches(run_id)) == 7
+
+
+def test_a_trained_sanitiser_is_cached_like_a_trained_model(tmp_path, reg, monkeypatch):
+    """DLN trains a sanitiser inside ``wrap``; a second tournament on the same cache restores
+    it instead of training it again, and gives the same results."""
+    from plugins.defenses.sanitizer import DLN
+
+    trained = []
+    original = DLN._train_sanitizer
+    monkeypatch.setattr(DLN, "_train_sanitizer", lambda self, *a: (trained.append(1), original(self, *a)))
+    path = write(tmp_path, extra_defenses='[[defenses]]\nid = "dln"\non = "standard"\n'
+                                          'params = { samples = 120, epochs = 1 }')
+    results = []
+    for i in range(2):
+        store, run_id = run(path, reg, tmp_path / f"r{i}.db", tmp_path / "cache")
+        results.append(sorted((r["attack"], r["budget"], r["robust_mask"], r["status"])
+                              for r in store.matches(run_id) if r["defense"] == "dln"))
+        assert len(trained) == 1, f"run {i} trained the sanitiser {len(trained)} times in all"
+    assert results[0] == results[1] and len(results[0]) == 3

@@ -62,7 +62,7 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
         below = parents[entry.on]
         base = below.base.to(device)
         if cls.defense_kind is DefenseKind.INFERENCE:
-            model = defense.wrap(below.model.to(device), data, seed=spec.seed).to(device).eval()
+            model, key = _wrap(spec, defense, below, data, device)
         else:
             model, detector = below.model.to(device), defense
             defense.fit(model, data.train, seed=spec.seed)
@@ -83,6 +83,25 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
                clean_accuracy=float(correct.float().mean()), clean_mask=encode_mask(correct),
                false_positive_rate=fpr, cache_key=key, train_seconds=seconds)
     return Prepared(Entrant(entry.label, defense, model, base, detector, correct, key, provenance), row)
+
+
+def _wrap(spec: EntrantSpec, defense: Any, below: Entrant, data: DataSplits,
+          device: torch.device) -> tuple[nn.Module, str | None]:
+    """An inference-time defense around ``below``. One that trains parameters of its own (DLN's
+    sanitiser) is cached like a trained model, keyed by its config and the wrapped model's key."""
+    if not (getattr(defense, "learned", False) and below.cache_key):
+        return defense.wrap(below.model.to(device), data, seed=spec.seed).to(device).eval(), None
+    key = content_key(defense=spec.entry.id, config=defense.config.model_dump(mode="json"),
+                      dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
+                      wraps=below.cache_key)
+    cache = ModelCache(Path(spec.cache_root) if spec.cache_root else None)
+    template = defense.wrap(below.model.to(device), data, seed=spec.seed, train=False).to(device)
+    cached = cache.load(key, template)
+    if cached is not None:
+        return cached.to(device).eval(), key
+    model = defense.wrap(below.model.to(device), data, seed=spec.seed).to(device)
+    cache.save(key, model)
+    return model.eval(), key
 
 
 def _train(registry: Registry, spec: EntrantSpec, defense: Any, data: DataSplits,

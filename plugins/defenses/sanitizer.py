@@ -140,22 +140,25 @@ class DLN(InferenceDefense):
 
     id: ClassVar[str] = "dln"
     Config = DLNConfig
+    learned: ClassVar[bool] = True
 
-    def wrap(self, model: nn.Module, data: DataSplits, *, seed: int = 42) -> DefendedModel:
+    def wrap(self, model: nn.Module, data: DataSplits, *, seed: int = 42, train: bool = True) -> DefendedModel:
         cfg = self.config
         torch.manual_seed(seed)
-        train = data.train.take(cfg.samples, seed)
         sanitizer = Sanitizer(data.input_shape[0], cfg.width).to(model_device(model))
         defended = SanitizedModel(model, sanitizer)
+        if not train:  # the structure only: a tournament restores the trained state from its cache
+            return self._deploy(defended).eval()
+        split = data.train.take(cfg.samples, seed)
         attack = _registry().make_attack(cfg.attack, **cfg.attack_params)
         pool: list[torch.Tensor] = []
         with frozen(model):
             for r in range(cfg.rounds):
                 target = model if r == 0 else defended
-                adv, attacked = attack_split(attack, target, train, cfg.eps, seed + 1000 * r)
-                pool += [train.x, adv]
-                self._train_sanitizer(defended, train, torch.cat(pool), seed + r)
-                sanitized = _accuracy(defended, adv, train.y)
+                adv, attacked = attack_split(attack, target, split, cfg.eps, seed + 1000 * r)
+                pool += [split.x, adv]
+                self._train_sanitizer(defended, split, torch.cat(pool), seed + r)
+                sanitized = _accuracy(defended, adv, split.y)
                 defended.history.append({"round": r, "examples": sum(len(p) for p in pool),
                                          "attacked_accuracy": attacked, "sanitized_accuracy": sanitized})
         return self._deploy(defended).eval()
