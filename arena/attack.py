@@ -213,6 +213,17 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
+def off_target(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` for crafting on a model other than the one that judges the result (a transfer
+    surrogate, a substitute, the base classifier of a gray-box view). An attack that can stop a
+    sample at its first adversarial point (an ``early_stop`` config field) runs every step
+    instead, unless the configuration sets it: a point just across the crafting model's boundary
+    rarely fools the judged model."""
+    if "early_stop" in getattr(getattr(cls, "Config", None), "model_fields", {}) and "early_stop" not in params:
+        return {**params, "early_stop": False}
+    return dict(params)
+
+
 class FixedBudgetAttack(Attack):
     """An attack that searches within a given ε-ball (``eps`` required)."""
 

@@ -101,3 +101,27 @@ def test_gda_trains_on_noisy_copies_in_the_unit_box(registry):
     noise = batch[5:] - x.repeat(3, 1, 1, 1)
     inside = (batch[5:] > 0) & (batch[5:] < 1)
     assert abs(float(noise[inside].std()) - 0.3) < 0.05
+
+
+def test_pgd_runs_every_step_where_the_first_hit_proves_little(registry, model):
+    """No early stop against a model that declares ``randomized`` (one call is not the judge's
+    call), and none when crafting on another model than the judged one (``off_target``)."""
+    from arena.attack import off_target
+
+    class Declared(torch.nn.Module):
+        randomized = True
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    x, y = testing.attack_batch(32)
+    result = registry.make_attack("pgd", steps=10)(Declared(model), x, y, eps=0.3, seed=0)
+    assert bool(result.success.any()) and torch.equal(result.queries, torch.full_like(result.queries, 10))
+    pgd = registry.attacks["pgd"]
+    assert off_target(pgd, {"steps": 5}) == {"steps": 5, "early_stop": False}
+    assert off_target(pgd, {"early_stop": True}) == {"early_stop": True}
+    assert off_target(registry.attacks["cw-l2"], {"steps": 5}) == {"steps": 5}

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from arena.attack import Attack
+from arena.attack import Attack, off_target
 from arena.data import Split
 from arena.defense import Defense, DetectorDefense
 from arena.errors import ArenaError
@@ -100,7 +100,9 @@ def run_match(registry: Registry, entrant: Entrant, spec: MatchSpec, data: Split
     """Run ``spec`` against ``entrant`` on the evaluation ``data``; never raises for plugin faults."""
     device = default_device()
     entrant.model.to(device)
-    attack: Attack = registry.get("attacks", spec.attack_id)(**spec.params)
+    cls = registry.get("attacks", spec.attack_id)
+    gray = cls.knowledge is Knowledge.GRAY_BOX or spec.view == "gray-box"
+    attack: Attack = cls(**(off_target(cls, spec.params) if gray else spec.params))
     runs = [(None, spec.budgets)] if attack.minimal else [(b, (b,)) for b in spec.budgets]
     rows, examples = [], {}
     for eps, served in runs:
@@ -166,7 +168,8 @@ def craft_transfer(registry: Registry, surrogate: Entrant, spec: MatchSpec, data
     ``{budget: (x_adv, distance)}``, or ``{budget: error text}`` where crafting failed."""
     device = default_device()
     surrogate.model.to(device)
-    attack: Attack = registry.get("attacks", spec.attack_id)(**spec.params)
+    cls = registry.get("attacks", spec.attack_id)
+    attack: Attack = cls(**off_target(cls, spec.params))
     runs = [(None, spec.budgets)] if attack.minimal else [(b, (b,)) for b in spec.budgets]
     crafted: dict[float, Any] = {}
     for eps, served in runs:

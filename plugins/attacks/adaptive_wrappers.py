@@ -54,6 +54,9 @@ class AveragedLogits(nn.Module):
     def __init__(self, model: nn.Module, samples: int, max_batch: int) -> None:
         super().__init__()
         self.model, self.samples, self.max_batch = model, samples, max_batch
+        # The average estimates the expectation; the judged model still answers at random, so
+        # an inner attack must not stop at the first point the average calls adversarial.
+        self.randomized = bool(getattr(model, "randomized", False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, per = x.shape[0], max(1, self.max_batch // max(x.shape[0], 1))

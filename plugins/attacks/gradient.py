@@ -88,7 +88,10 @@ class PGD(FixedBudgetAttack):
     Speed: each step is one forward and one backward pass over the samples still being
     attacked. The forward pass that feeds the gradient also tells which iterates already fool
     the model; with ``early_stop`` (the default) those samples keep that iterate and leave the
-    batch, so the work shrinks as the attack succeeds. On a GPU the batch is compacted every
+    batch, so the work shrinks as the attack succeeds. Early stopping is skipped against a model
+    that declares ``randomized`` (one call's answer is not the judge's), and the tournament turns
+    it off when crafting on another model than the judged one (transfer, gray-box, substitute:
+    ``arena.attack.off_target``). On a GPU the batch is compacted every
     eight steps (a host sync), with frozen rows masked in between; on the CPU at every step.
     """
 
@@ -120,6 +123,8 @@ class PGD(FixedBudgetAttack):
         cfg, norm = self.config, self.threat_norm
         alpha = cfg.step_size if cfg.step_size is not None else cfg.rel_step_size * eps
         compact_every = 1 if x.device.type == "cpu" else 8
+        # A randomised model's answer at one call says little about the judge's call.
+        early_stop = cfg.early_stop and not getattr(model, "randomized", False)
         out = random_start(x, norm, eps) if cfg.random_start else x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         used = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -133,7 +138,7 @@ class PGD(FixedBudgetAttack):
             else:
                 logits, grad = logits_and_gradient(model, cur, yy, tt)
             used[rows] += 1
-            if cfg.early_stop or step == cfg.steps:
+            if early_stop or step == cfg.steps:
                 pred = logits.argmax(dim=1)
                 done = done | (pred == tt if tt is not None else pred != yy)
             if step == cfg.steps:
@@ -142,7 +147,7 @@ class PGD(FixedBudgetAttack):
             moved = cur + steepest_step(grad, norm, alpha)
             moved = (x0 + norm.project(moved - x0, eps)).clamp(0, 1)
             cur = torch.where(done.view(-1, *([1] * (x.dim() - 1))), cur, moved)
-            if cfg.early_stop and (step + 1) % compact_every == 0 and bool(done.any()):
+            if early_stop and (step + 1) % compact_every == 0 and bool(done.any()):
                 out[rows], fooled[rows] = cur, done  # write back, then drop the finished rows
                 keep = (~done).nonzero().squeeze(1)
                 rows, cur, x0, yy = rows[keep], cur[keep], x0[keep], yy[keep]

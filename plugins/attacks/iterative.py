@@ -25,6 +25,7 @@ class BIMConfig(PluginConfig):
     norm: Norm = Norm.LINF
     steps: int = Field(10, ge=1, description="iterations (seed 003 Table 5: 10)")
     step_size: float | None = Field(None, gt=0, description="absolute step α; default ε / steps")
+    early_stop: bool = Field(True, description="as PGD's: a sample stops at its first adversarial iterate")
 
 
 class BIM(FixedBudgetAttack):
@@ -43,7 +44,8 @@ class BIM(FixedBudgetAttack):
     def run(self, model, x, y, eps, targets):
         cfg = self.config
         step = cfg.step_size if cfg.step_size is not None else eps / cfg.steps
-        pgd = PGD(norm=cfg.norm, steps=cfg.steps, step_size=step, random_start=False, restarts=1)
+        pgd = PGD(norm=cfg.norm, steps=cfg.steps, step_size=step, random_start=False, restarts=1,
+                  early_stop=cfg.early_stop)
         return pgd.run(model, x, y, eps, targets)
 
 

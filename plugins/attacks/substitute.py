@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from arena import hookimpl
-from arena.attack import Attack, FixedBudgetAttack
+from arena.attack import Attack, FixedBudgetAttack, off_target
 from arena.data import Split
 from arena.errors import ConfigError
 from arena.model import QueryOracle
@@ -62,7 +62,7 @@ def inner_attack(cfg: SubstituteConfig) -> Attack:
     params = dict(cfg.inner_params)
     if "norm" in registry.get("attacks", cfg.inner).Config.model_fields:
         params.setdefault("norm", cfg.norm)
-    attack = registry.make_attack(cfg.inner, **params)
+    attack = registry.make_attack(cfg.inner, **off_target(registry.get("attacks", cfg.inner), params))
     if attack.threat_norm is not cfg.norm:
         raise ConfigError(f"inner attack '{cfg.inner}' works in {attack.threat_norm.value}, "
                           f"not the substitute's norm {cfg.norm.value}")
