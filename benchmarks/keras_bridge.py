@@ -93,7 +93,8 @@ def bridge_pgd(wrapped, x, y, eps: float, alpha: float, steps: int):
 
 def arena_pgd(wrapped, x, y, eps: float, alpha: float, steps: int):
     """The arena's ``pgd`` plugin through the attack harness."""
-    attack = arena.load_plugins().make_attack("pgd", steps=steps, step_size=alpha, random_start=False)
+    attack = arena.load_plugins().make_attack("pgd", steps=steps, step_size=alpha, random_start=False,
+                                              early_stop=False)  # every step, like the loops it is timed against
     return lambda: attack(wrapped, x, y, eps)
 
 
