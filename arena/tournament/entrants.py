@@ -94,14 +94,20 @@ def _wrap(spec: EntrantSpec, defense: Any, below: Entrant, data: DataSplits,
     key = content_key(defense=spec.entry.id, config=defense.config.model_dump(mode="json"),
                       dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
                       wraps=below.cache_key)
-    cache = ModelCache(Path(spec.cache_root) if spec.cache_root else None)
     template = defense.wrap(below.model.to(device), data, seed=spec.seed, train=False).to(device)
+    model = _cached(spec, key, template, lambda: defense.wrap(below.model.to(device), data, seed=spec.seed))
+    return model.to(device).eval(), key
+
+
+def _cached(spec: EntrantSpec, key: str, template: nn.Module, build) -> nn.Module:
+    """``template`` with the weights cached under ``key``, else ``build()``'s model, cached."""
+    cache = ModelCache(Path(spec.cache_root) if spec.cache_root else None)
     cached = cache.load(key, template)
     if cached is not None:
-        return cached.to(device).eval(), key
-    model = defense.wrap(below.model.to(device), data, seed=spec.seed).to(device)
+        return cached
+    model = build()
     cache.save(key, model)
-    return model.eval(), key
+    return model
 
 
 def _train(registry: Registry, spec: EntrantSpec, defense: Any, data: DataSplits,
@@ -114,15 +120,14 @@ def _train(registry: Registry, spec: EntrantSpec, defense: Any, data: DataSplits
                       architecture=architecture.model_dump(mode="json"),
                       dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
                       parent=parent.cache_key if parent else None)
-    cache = ModelCache(Path(spec.cache_root) if spec.cache_root else None)
     torch.manual_seed(spec.seed)
     template = defense.build(arch, data.input_shape, data.num_classes)
-    cached = cache.load(key, template)
-    if cached is not None:
-        return cached.to(device), key
-    model = template.to(device)
-    if parent is not None:
-        model.load_state_dict(parent.base.state_dict())
-    defense.train(model, data, seed=spec.seed, finetune=parent is not None, progress=spec.progress)
-    cache.save(key, model)
-    return model.eval(), key
+
+    def build() -> nn.Module:
+        model = template.to(device)
+        if parent is not None:
+            model.load_state_dict(parent.base.state_dict())
+        defense.train(model, data, seed=spec.seed, finetune=parent is not None, progress=spec.progress)
+        return model
+
+    return _cached(spec, key, template, build).to(device).eval(), key
