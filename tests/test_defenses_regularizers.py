@@ -137,11 +137,27 @@ def test_ns_loss_is_algorithm_1_and_batched_equals_sequential():
     torch.manual_seed(3)
     seq_layers, seq_logits = nsloss.layer_activations(model, x, 0.5, copies=4, batched=False)
     assert len(layers) == 3                                  # two ReLUs and the logits
-    assert layers[0][1].shape == (4, 8, 6) and torch.allclose(logits, seq_logits, atol=1e-6)
-    value = nsloss.ns_loss(layers, 0.5).detach()
-    assert float(value) == pytest.approx(float(literal_algorithm_1(layers, 0.5).detach()), rel=1e-5)
-    assert float(nsloss.ns_loss(seq_layers, 0.5).detach()) == pytest.approx(float(value), rel=1e-5)
+    pairs = [nsloss.clean_and_perturbed(layer, 4) for layer in layers]
+    assert pairs[0][1].shape == (4, 8, 6) and torch.allclose(logits, seq_logits, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(layers, seq_layers))
+    value = nsloss.ns_loss(layers, 0.5, 4).detach()
+    assert float(value) == pytest.approx(float(literal_algorithm_1(pairs, 0.5).detach()), rel=1e-5)
+    assert float(nsloss.ns_loss(seq_layers, 0.5, 4).detach()) == pytest.approx(float(value), rel=1e-5)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_ns_loss_gradient_is_autograds():
+    """The hand-written backward of the sensitivity term equals autograd's on Algorithm 1."""
+    model, x = small_relu_net(), inputs(8).detach()
+    torch.manual_seed(5)
+    layers, _ = nsloss.layer_activations(model, x, 0.5, copies=3)
+    fused = torch.autograd.grad(nsloss.ns_loss(layers, 0.5, 3), list(model.parameters()))
+    torch.manual_seed(5)
+    layers, _ = nsloss.layer_activations(model, x, 0.5, copies=3)
+    pairs = [nsloss.clean_and_perturbed(layer, 3) for layer in layers]
+    literal = torch.autograd.grad(literal_algorithm_1(pairs, 0.5), list(model.parameters()))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(fused, literal))
+    assert any(float(g.abs().sum()) > 0 for g in fused)
 
 
 def test_perturbed_copies_lie_on_the_sphere():

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from arena import hookimpl
 from arena.data import DataSplits, Split
@@ -37,7 +38,6 @@ from plugins.defenses.regularizers import PresetConfig, jacobian_penalty
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU)
 Lam = Annotated[float, Field(ge=0)] | Literal["auto"]
-Layers = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def is_activation(module: nn.Module) -> bool:
@@ -66,33 +66,66 @@ def sphere(x: torch.Tensor, radius: float, copies: int) -> torch.Tensor:
 
 
 def layer_activations(model: nn.Module, x: torch.Tensor, radius: float, copies: int,
-                      batched: bool = True) -> tuple[Layers, torch.Tensor]:
-    """Per hooked layer (activations in call order, then the logits), the clean ``(B, ...)``
-    and perturbed ``(N, B, ...)`` outputs, and the clean logits. ``batched``: the clean batch
-    and its N copies go through the model in one forward pass; otherwise in N + 1 passes."""
+                      batched: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per hooked layer (activations in call order, then the logits), the ``((N + 1)·B, ...)``
+    outputs of the clean batch (rows ``:B``) and of its N perturbed copies (copy ``i`` in rows
+    ``(i + 1)·B:(i + 2)·B``), and the clean logits. ``batched``: the clean batch and its copies
+    go through the model in one forward pass; otherwise in N + 1 passes, whose outputs are then
+    concatenated."""
     n = x.shape[0]
     xp = sphere(x.detach(), radius, copies)
     with recording(model) as acts:
         if batched:
             logits = model(torch.cat([x, xp.flatten(0, 1)]))
-            layers = [(a[:n], a[n:].unflatten(0, (copies, n))) for a in [*acts, logits]]
-            return layers, logits[:n]
+            return [*acts, logits], logits[:n]
         clean_logits = model(x)
-        clean, runs = [*acts, clean_logits], []
+        runs = [[*acts, clean_logits]]
         for i in range(copies):
             acts.clear()
             out = model(xp[i])
             runs.append([*acts, out])
-    return [(c, torch.stack([r[j] for r in runs])) for j, c in enumerate(clean)], clean_logits
+    return [torch.cat(outputs) for outputs in zip(*runs)], clean_logits
 
 
-def ns_loss(layers: Layers, radius: float) -> torch.Tensor:
-    """Σ_L LS[L]·MLA[L] of Algorithm 1 (see the module docstring for the cancelled form)."""
-    total = layers[0][0].new_zeros(())
-    for clean, perturbed in layers:
-        live = clean.detach().abs().mean(dim=0) > 0
-        diff = (perturbed - clean.unsqueeze(0)).abs().mean(dim=(0, 1))
-        total = total + (diff * live).mean() / radius
+def clean_and_perturbed(layer: torch.Tensor, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer of :func:`layer_activations` as the clean ``(B, ...)`` and perturbed
+    ``(N, B, ...)`` outputs (views)."""
+    out = layer.unflatten(0, (copies + 1, -1))
+    return out[0], out[1:]
+
+
+class _Sensitivity(torch.autograd.Function):
+    """Σ_f w_f · Σ_{i,b} |a[i + 1, b, f] − a[0, b, f]| for ``a`` of shape ``((N + 1)·B, F)``, with
+    a hand-written backward that writes the gradient of every row in one pass (autograd's
+    slices of the clean and perturbed rows would each zero-fill a gradient of the whole tensor)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, copies: int, weight: torch.Tensor) -> torch.Tensor:
+        rows = a.view(copies + 1, -1, weight.numel())
+        diff = rows[1:] - rows[:1]
+        ctx.save_for_backward(diff, weight)
+        return (diff.abs().sum(dim=(0, 1)) * weight).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        diff, weight = ctx.saved_tensors
+        g = diff.sign().mul_(weight * grad)  # d|a_p − a_c| / d a_p; the clean rows get −Σ_copies
+        return torch.cat([-g.sum(dim=0, keepdim=True), g]).view(-1, weight.numel()), None, None
+
+
+def ns_loss(layers: list[torch.Tensor], radius: float, copies: int) -> torch.Tensor:
+    """Σ_L LS[L]·MLA[L] of Algorithm 1 (see the module docstring for the cancelled form), each
+    layer being the ``((N + 1)·B, ...)`` output of :func:`layer_activations`: per layer, the mean
+    over copies, samples and the neurons active on the clean batch of |a(x + δᵢ) − a(x)|, over
+    ``radius``."""
+    total = layers[0].new_zeros(())
+    for out in layers:
+        flat = out.reshape(out.shape[0], -1)
+        n, width = flat.shape[0] // (copies + 1), flat.shape[1]
+        live = flat[:n].detach().ne(0).any(dim=0)  # MLA > 0: the neuron fires on the batch
+        weight = live.to(flat.dtype) / (copies * n * width * radius)
+        total = total + _Sensitivity.apply(flat, copies, weight)
     return total
 
 
@@ -235,7 +268,7 @@ class NsLoss(CalibratedDefense):
             return F.cross_entropy(model(x), y), {}
         cfg = self.config
         layers, logits = layer_activations(model, x, cfg.ns_eps, cfg.copies, cfg.batched)
-        return F.cross_entropy(logits, y), {"ns": ns_loss(layers, cfg.ns_eps)}
+        return F.cross_entropy(logits, y), {"ns": ns_loss(layers, cfg.ns_eps, cfg.copies)}
 
 
 class CombinedConfig(NsConfig):
@@ -266,7 +299,7 @@ class Combined(CalibratedDefense):
         cfg, regs = self.config, {}
         if "ns" in which:
             layers, _ = layer_activations(model, x, cfg.ns_eps, cfg.copies, cfg.batched)
-            regs["ns"] = ns_loss(layers, cfg.ns_eps)
+            regs["ns"] = ns_loss(layers, cfg.ns_eps, cfg.copies)
         xg = x.detach().requires_grad_("jac" in which)
         logits = model(xg)
         if "jac" in which:
