@@ -44,6 +44,8 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], pref
             hint = did_you_mean(loc[-1], fields) if fields else ""
             allowed = f"; valid keys: {', '.join(sorted(fields))}" if fields and not hint else ""
             parts.append(f"{path}: unknown key{hint}{allowed}")
+        elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            parts.append(f"{path}: {err['ctx']['error']}")  # a validator's own words, no "Value error, "
         else:
             parts.append(f"{path}: {err['msg']}")
     return "; ".join(parts)

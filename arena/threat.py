@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator
 
 
 class Norm(str, Enum):
@@ -44,6 +46,17 @@ class Norm(str, Enum):
             factor = torch.where(norms > eps_t, eps_t / norms.clamp_min(1e-12), torch.ones_like(norms))
             return delta * factor.view(view)
         return _project_l0(delta, eps_t)
+
+
+def _l2_or_linf(norm: Norm) -> Norm:
+    if norm is Norm.L0:
+        raise ValueError("this attack is defined in 'l2' and 'linf' only")
+    return norm
+
+
+L2OrLinf = Annotated[Norm, AfterValidator(_l2_or_linf)]
+"""The type of a config's ``norm`` field for attacks defined in L2 and L∞ only (gradient steps,
+DeepFool, HopSkipJump): ``norm: L2OrLinf = Norm.LINF``; ``l0`` is a config error."""
 
 
 def _project_l0(delta: torch.Tensor, eps_t: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,11 @@
 behaves as its method says on a small trained model."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from arena import testing
+from arena.errors import ConfigError
 from arena.testing import AttackContract, DefenseContract
 from arena.threat import Norm
 
@@ -36,6 +38,17 @@ class TestStandard(DefenseContract):
 class TestGDA(DefenseContract):
     defense_id = "gda"
     params = {"copies": 2}
+
+
+@pytest.mark.parametrize("attack_id", ["fgsm", "pgd", "bim", "fgsm-minimal", "deepfool", "hopskipjump"])
+def test_l2_and_linf_attacks_refuse_l0_in_one_line(registry, attack_id):
+    """An L2/L∞ step under an L0 budget would be cut to the ε largest pixels by the harness's
+    projection and reported as an L0 attack: a config error instead, naming the field."""
+    if attack_id not in registry.attacks:
+        pytest.skip(f"{attack_id} is not installed")
+    with pytest.raises(ConfigError, match=rf"^attack '{attack_id}': norm: this attack is defined in 'l2' and 'linf' only$"):
+        registry.make_attack(attack_id, norm="l0")
+    assert registry.make_attack(attack_id, norm="l2").threat_norm is Norm.L2
 
 
 def test_pgd_at_a_large_budget_drives_accuracy_to_zero(registry, model):

@@ -16,13 +16,13 @@ import math
 from typing import ClassVar
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from arena import hookimpl
 from arena.attack import MinimalAttack
 from arena.model import QueryOracle
 from arena.plugin import PluginConfig
-from arena.threat import Knowledge, Norm
+from arena.threat import Knowledge, L2OrLinf, Norm
 
 _UNLIMITED = 1 << 62
 _INIT_TOLERANCE = 1e-3  # blend bisection of the starting point (Chen et al.'s code and ART)
@@ -193,18 +193,8 @@ def step_search(decide: Decider, x0: torch.Tensor, cur: torch.Tensor, update: to
     return out
 
 
-class _NormConfig(PluginConfig):
-    norm: Norm = Field(Norm.L2, description="l2 or linf")
-
-    @field_validator("norm")
-    @classmethod
-    def _l2_or_linf(cls, value: Norm) -> Norm:
-        if value is Norm.L0:
-            raise ValueError("must be 'l2' or 'linf'")
-        return value
-
-
-class HopSkipJumpConfig(_NormConfig):
+class HopSkipJumpConfig(PluginConfig):
+    norm: L2OrLinf = Field(Norm.L2, description="l2 or linf")
     max_iterations: int = Field(50, ge=0, description="iterations (seed 000 Table II: 50)")
     init_evals: int = Field(100, ge=1, description="probes of the first gradient estimate (Table II: 100)")
     max_evals: int = Field(10_000, ge=1, description="cap of the √t-growing probe count")

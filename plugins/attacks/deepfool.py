@@ -19,29 +19,22 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from arena import hookimpl
 from arena.attack import MinimalAttack, RunOutput
 from arena.plugin import PluginConfig
-from arena.threat import Norm
+from arena.threat import L2OrLinf, Norm
 
 _TINY = 1e-8  # the reference's guard against a zero gradient
 _STEP_PAD = 1e-4  # the reference's extra step length past the linearised boundary
 
 
 class DeepFoolConfig(PluginConfig):
-    norm: Norm = Field(Norm.L2, description="l2 (§3.2) or linf (§3.3, dual norm l1)")
+    norm: L2OrLinf = Field(Norm.L2, description="l2 (§3.2) or linf (§3.3, dual norm l1)")
     steps: int = Field(100, ge=1, description="maximum iterations (seed 001 §4.1: 100)")
     overshoot: float = Field(0.02, ge=0, description="the total step is (1 + overshoot)·r")
     candidates: int | None = Field(None, ge=2, description="top-k classes considered; None: all")
-
-    @field_validator("norm")
-    @classmethod
-    def _l2_or_linf(cls, norm: Norm) -> Norm:
-        if norm is Norm.L0:
-            raise ValueError("DeepFool attacks in l2 or linf")
-        return norm
 
 
 class DeepFool(MinimalAttack):

@@ -10,7 +10,7 @@ from pydantic import Field
 from arena import hookimpl
 from arena.attack import FixedBudgetAttack, RunOutput
 from arena.plugin import PluginConfig
-from arena.threat import Norm
+from arena.threat import L2OrLinf, Norm
 
 
 def loss_gradient(model, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -52,7 +52,7 @@ def random_start(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
 
 
 class FGSMConfig(PluginConfig):
-    norm: Norm = Norm.LINF
+    norm: L2OrLinf = Norm.LINF
 
 
 class FGSM(FixedBudgetAttack):
@@ -69,7 +69,7 @@ class FGSM(FixedBudgetAttack):
 
 
 class PGDConfig(PluginConfig):
-    norm: Norm = Norm.LINF
+    norm: L2OrLinf = Norm.LINF
     steps: int = Field(40, ge=1)
     step_size: float | None = Field(None, gt=0, description="absolute step; default rel_step_size·ε")
     rel_step_size: float = Field(2.5 / 40, gt=0)

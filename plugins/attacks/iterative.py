@@ -14,7 +14,7 @@ from pydantic import Field
 from arena import hookimpl
 from arena.attack import FixedBudgetAttack, MinimalAttack, RunOutput
 from arena.plugin import PluginConfig
-from arena.threat import Norm
+from arena.threat import L2OrLinf, Norm
 from plugins.attacks.gradient import PGD, loss_gradient, steepest_step
 
 # Largest number of input elements (candidates × features) evaluated in one forward pass.
@@ -22,7 +22,7 @@ _CANDIDATE_BUDGET = 1 << 22
 
 
 class BIMConfig(PluginConfig):
-    norm: Norm = Norm.LINF
+    norm: L2OrLinf = Norm.LINF
     steps: int = Field(10, ge=1, description="iterations (seed 003 Table 5: 10)")
     step_size: float | None = Field(None, gt=0, description="absolute step α; default ε / steps")
     early_stop: bool = Field(True, description="as PGD's: a sample stops at its first adversarial iterate")
@@ -80,7 +80,7 @@ _GRID_DEFAULTS = {Norm.LINF: (0.01, 1.0), Norm.L2: (0.05, 10.0)}
 
 
 class FGSMMinimalConfig(PluginConfig):
-    norm: Norm = Norm.LINF
+    norm: L2OrLinf = Norm.LINF
     eps_step: float | None = Field(None, gt=0,
                                    description="grid spacing; default 0.01 (L∞), 0.05 (L2)")
     max_eps: float | None = Field(None, gt=0,
