@@ -141,6 +141,7 @@ def _single_step(d: str, matches: list[Any], tol: float) -> list[Flag]:
 
 def _weaker_access(d: str, matches: list[Any]) -> list[Flag]:
     """Examples broken by a black-box, transfer or gray-box attack but by no white-box one."""
+    from arena.leaderboard.tables import threat_model
     from arena.tournament.store import decode_mask
 
     out = []
@@ -154,7 +155,7 @@ def _weaker_access(d: str, matches: list[Any]) -> list[Flag]:
         for m in weaker:
             beaten = sum(w and not r for w, r in zip(robust_white, decode_mask(m["robust_mask"])))
             if beaten:
-                out.append(Flag(d, "weaker-access-wins", f"{m['attack']} ({m['knowledge']}) breaks {beaten} "
+                out.append(Flag(d, "weaker-access-wins", f"{m['attack']} ({threat_model(m)}) breaks {beaten} "
                                 f"examples at ε={budget:g} that every white-box attack missed",
                                 "gradient masking; add BPDA/EOT adaptive attacks"))
     return out

@@ -47,7 +47,7 @@ def test_model_checks_on_known_models(model, batch):
     assert model_checks(Noisy(model), x, y)["randomized"]
 
 
-def _store(tmp_path, rows, checks=None):
+def _store(tmp_path, rows, checks=None, provenance=None):
     store = Store(tmp_path / "c.db")
     run = store.start_run("c", "h", {"dataset": {"id": "digits"}}, None, None, 42, 0.0, {})
     store.save_model(run, defense="d", defense_id="standard", defense_kind="training-time", config={},
@@ -57,7 +57,8 @@ def _store(tmp_path, rows, checks=None):
         store.save_match(run, MatchRow(defense="d", attack=attack, budget=budget, attack_id=attack,
                                        attack_config={}, norm="linf", knowledge=knowledge, status="ok",
                                        robust_accuracy=mask.count("1") / 4, success_rate=success,
-                                       robust_mask=mask, mean_queries=queries))
+                                       robust_mask=mask, mean_queries=queries,
+                                       provenance=(provenance or {}).get(attack, {})))
     return store.models(run), store.matches(run)
 
 
@@ -81,6 +82,15 @@ def test_each_result_pattern_raises_its_flag(tmp_path):
     assert _checks(found) == ["non-monotonic", "single-step-wins", "unbounded-fails", "weaker-access-wins"]
     text = "\n".join(map(str, found))
     assert "hsj (black-box) breaks 1 examples at ε=0.1" in text and "suggests" in text
+
+
+def test_weaker_access_flag_names_a_transfer_attack_as_transfer(tmp_path):
+    """A transfer match is stored as black-box (the target is never queried); its flag says
+    transfer, as the leaderboard's attack table does."""
+    rows = [("pgd", "white-box", 0.1, "1100", 20, 0.5), ("transfer-pgd", "black-box", 0.1, "0100", 0, 0.75)]
+    found = flags(*_store(tmp_path, rows, provenance={"transfer-pgd": {"surrogate": "standard"}}))
+    assert [f.message for f in found if f.check == "weaker-access-wins"] == [
+        "transfer-pgd (transfer) breaks 1 examples at ε=0.1 that every white-box attack missed"]
 
 
 def test_model_probe_findings_become_flags(tmp_path):
