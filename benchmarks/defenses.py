@@ -10,6 +10,13 @@ batched forward ≥ 1.2× faster than N sequential passes; gda ≤ 1.1× a plain
 the same size (its N + 1 copies), i.e. drawing the noise on the device costs ≤ 10%.
 
     python benchmarks/defenses.py [--threads 1] [--batch 64] [--repeats 15] [--arch digits-cnn]
+
+On a CPU the batched ns-loss pass does the same arithmetic on the same rows as the sequential
+one; what it saves is per-call overhead and small-kernel inefficiency, which a second thread
+exposes more. Its tensors are N + 1 times larger, and glibc's malloc hands such blocks out with
+mmap and returns them after every step, so the batched step pays page faults the sequential one
+does not: ``MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000`` (or jemalloc /
+tcmalloc, as PyTorch's CPU tuning guide advises) shows how much.
 """
 from __future__ import annotations
 
