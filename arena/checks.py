@@ -156,6 +156,6 @@ def _weaker_access(d: str, matches: list[Any]) -> list[Flag]:
             beaten = sum(w and not r for w, r in zip(robust_white, decode_mask(m["robust_mask"])))
             if beaten:
                 out.append(Flag(d, "weaker-access-wins", f"{m['attack']} ({threat_model(m)}) breaks {beaten} "
-                                f"examples at ε={budget:g} that every white-box attack missed",
+                                f"example{'' if beaten == 1 else 's'} at ε={budget:g} that every white-box attack missed",
                                 "gradient masking; add BPDA/EOT adaptive attacks"))
     return out

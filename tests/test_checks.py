@@ -81,7 +81,7 @@ def test_each_result_pattern_raises_its_flag(tmp_path):
     found = flags(*_store(tmp_path, rows))
     assert _checks(found) == ["non-monotonic", "single-step-wins", "unbounded-fails", "weaker-access-wins"]
     text = "\n".join(map(str, found))
-    assert "hsj (black-box) breaks 1 examples at ε=0.1" in text and "suggests" in text
+    assert "hsj (black-box) breaks 1 example at ε=0.1" in text and "suggests" in text
 
 
 def test_weaker_access_flag_names_a_transfer_attack_as_transfer(tmp_path):
@@ -90,7 +90,7 @@ def test_weaker_access_flag_names_a_transfer_attack_as_transfer(tmp_path):
     rows = [("pgd", "white-box", 0.1, "1100", 20, 0.5), ("transfer-pgd", "black-box", 0.1, "0100", 0, 0.75)]
     found = flags(*_store(tmp_path, rows, provenance={"transfer-pgd": {"surrogate": "standard"}}))
     assert [f.message for f in found if f.check == "weaker-access-wins"] == [
-        "transfer-pgd (transfer) breaks 1 examples at ε=0.1 that every white-box attack missed"]
+        "transfer-pgd (transfer) breaks 1 example at ε=0.1 that every white-box attack missed"]
 
 
 def test_model_probe_findings_become_flags(tmp_path):
