@@ -181,6 +181,24 @@ def test_same_file_and_seed_give_identical_results_from_the_cache(finished, reg)
     assert len(keys) == 2 and all((tmp / "cache" / "models" / f"{k}.pt").is_file() for k in keys)
 
 
+def test_a_new_release_of_a_defense_plugin_trains_its_model_again(finished, reg):
+    """Cache keys name the distribution and version that provide each plugin: weights trained by
+    an older release of a defense are not reused, those of the others are."""
+    import dataclasses
+
+    from arena.registry import Owner
+
+    tmp, path, store, run_id = finished
+    owner = reg.owners[("defenses", "gda")]
+    bumped = dataclasses.replace(reg, owners={**reg.owners, ("defenses", "gda"): Owner(
+        owner.plugin, owner.distribution, owner.version + ".post1")})
+    again, run2 = run(path, bumped, tmp / "bumped.db", tmp / "cache")
+    before = {m["defense"]: m["cache_key"] for m in store.models(run_id)}
+    after = {m["defense"]: m["cache_key"] for m in again.models(run2)}
+    assert after["standard"] == before["standard"] and after["gda"] != before["gda"]
+    assert (tmp / "cache" / "models" / f"{after['gda']}.pt").is_file()
+
+
 def test_resume_skips_finished_matches(tmp_path, reg):
     path = write(tmp_path, extra_attacks='[[attacks]]\nid = "counted"\nbudgets = [0.1, 0.2]')
     store, run_id = run(path, reg, tmp_path / "r.db", tmp_path / "cache")

@@ -62,7 +62,7 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
         below = parents[entry.on]
         base = below.base.to(device)
         if cls.defense_kind is DefenseKind.INFERENCE:
-            model, key = _wrap(spec, defense, below, data, device)
+            model, key = _wrap(registry, spec, defense, below, data, device)
         else:
             model, detector = below.model.to(device), defense
             defense.fit(model, data.train, seed=spec.seed)
@@ -85,7 +85,18 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
     return Prepared(Entrant(entry.label, defense, model, base, detector, correct, key, provenance), row)
 
 
-def _wrap(spec: EntrantSpec, defense: Any, below: Entrant, data: DataSplits,
+def providers(registry: Registry, **ids: str) -> dict[str, str]:
+    """The distribution and version that provide each plugin (``defenses="gda"`` ->
+    ``{"defenses": "arena 0.1.0"}``), part of every cache key: a new release of a plugin's
+    package trains its models again instead of reusing weights its old code produced."""
+    out = {}
+    for kind, pid in ids.items():
+        owner = registry.owners.get((kind, pid))
+        out[kind] = f"{owner.distribution} {owner.version}" if owner is not None else ""
+    return out
+
+
+def _wrap(registry: Registry, spec: EntrantSpec, defense: Any, below: Entrant, data: DataSplits,
           device: torch.device) -> tuple[nn.Module, str | None]:
     """An inference-time defense around ``below``. One that trains parameters of its own (DLN's
     sanitiser) is cached like a trained model, keyed by its config and the wrapped model's key."""
@@ -93,7 +104,7 @@ def _wrap(spec: EntrantSpec, defense: Any, below: Entrant, data: DataSplits,
         return defense.wrap(below.model.to(device), data, seed=spec.seed).to(device).eval(), None
     key = content_key(defense=spec.entry.id, config=defense.config.model_dump(mode="json"),
                       dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
-                      wraps=below.cache_key)
+                      wraps=below.cache_key, code=providers(registry, defenses=spec.entry.id))
     template = defense.wrap(below.model.to(device), data, seed=spec.seed, train=False).to(device)
     model = _cached(spec, key, template, lambda: defense.wrap(below.model.to(device), data, seed=spec.seed))
     return model.to(device).eval(), key
@@ -119,7 +130,9 @@ def _train(registry: Registry, spec: EntrantSpec, defense: Any, data: DataSplits
     key = content_key(defense=entry.id, config=defense.config.model_dump(mode="json"),
                       architecture=architecture.model_dump(mode="json"),
                       dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
-                      parent=parent.cache_key if parent else None)
+                      parent=parent.cache_key if parent else None,
+                      code=providers(registry, defenses=entry.id, architectures=architecture.id,
+                                     datasets=spec.dataset.id))
     torch.manual_seed(spec.seed)
     template = defense.build(arch, data.input_shape, data.num_classes)
 
