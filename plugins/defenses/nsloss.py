@@ -96,22 +96,29 @@ def clean_and_perturbed(layer: torch.Tensor, copies: int) -> tuple[torch.Tensor,
 
 class _Sensitivity(torch.autograd.Function):
     """Σ_f w_f · Σ_{i,b} |a[i + 1, b, f] − a[0, b, f]| for ``a`` of shape ``((N + 1)·B, F)``, with
-    a hand-written backward that writes the gradient of every row in one pass (autograd's
-    slices of the clean and perturbed rows would each zero-fill a gradient of the whole tensor)."""
+    a hand-written backward that writes the gradient of every row into one new tensor
+    (autograd's slices of the clean and perturbed rows would each zero-fill a gradient of the
+    whole tensor) and keeps nothing but ``a``, which the next layer keeps anyway."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, copies: int, weight: torch.Tensor) -> torch.Tensor:
         rows = a.view(copies + 1, -1, weight.numel())
-        diff = rows[1:] - rows[:1]
-        ctx.save_for_backward(diff, weight)
-        return (diff.abs().sum(dim=(0, 1)) * weight).sum()
+        ctx.save_for_backward(a, weight)
+        ctx.copies = copies
+        return ((rows[1:] - rows[:1]).abs_().sum(dim=(0, 1)) * weight).sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        diff, weight = ctx.saved_tensors
-        g = diff.sign().mul_(weight * grad)  # d|a_p − a_c| / d a_p; the clean rows get −Σ_copies
-        return torch.cat([-g.sum(dim=0, keepdim=True), g]).view(-1, weight.numel()), None, None
+        a, weight = ctx.saved_tensors
+        rows = a.view(ctx.copies + 1, -1, weight.numel())
+        out = torch.empty_like(rows)
+        perturbed = out[1:]  # d|a_p − a_c| / d a_p = sign(a_p − a_c)·w; the clean rows get −Σ_copies
+        torch.sub(rows[1:], rows[:1], out=perturbed)
+        perturbed.sign_().mul_(weight * grad)
+        torch.sum(perturbed, dim=0, out=out[0])
+        out[0].neg_()
+        return out.view_as(a), None, None
 
 
 def ns_loss(layers: list[torch.Tensor], radius: float, copies: int) -> torch.Tensor:
@@ -121,7 +128,7 @@ def ns_loss(layers: list[torch.Tensor], radius: float, copies: int) -> torch.Ten
     ``radius``."""
     total = layers[0].new_zeros(())
     for out in layers:
-        flat = out.reshape(out.shape[0], -1)
+        flat = out.reshape(out.shape[0], -1).contiguous()
         n, width = flat.shape[0] // (copies + 1), flat.shape[1]
         live = flat[:n].detach().ne(0).any(dim=0)  # MLA > 0: the neuron fires on the batch
         weight = live.to(flat.dtype) / (copies * n * width * radius)
