@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from arena import ArenaError, ConfigError, metrics, testing
 from arena.data import DataSplits
 from arena.testing import DefenseContract
 from plugins.defenses import adversarial, nsloss, regularizers
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 class TestJacobianReg(DefenseContract):
@@ -160,6 +163,41 @@ def test_ns_loss_gradient_is_autograds():
     assert any(float(g.abs().sum()) > 0 for g in fused)
 
 
+def dropout_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 8), nn.ReLU(),
+                         nn.Dropout(0.5), nn.Linear(8, 3)).train()
+
+
+def test_dropout_masks_are_shared_by_a_sample_and_its_copies():
+    """With dropout in training mode, a vanishing perturbation gives a vanishing NsLoss (one mask
+    per sample, applied to all its copies), batched and sequential passes agree under one seed,
+    each mask drops and rescales like the module itself, and the modules are left as they were."""
+    model, x = dropout_net(), inputs(64).detach()
+    torch.manual_seed(4)
+    layers, _ = nsloss.layer_activations(model, x, 1e-6, copies=3)
+    assert float(nsloss.ns_loss(layers, 1.0, 3).detach()) < 1e-5
+    torch.manual_seed(4)
+    layers, logits = nsloss.layer_activations(model, x, 0.5, copies=3, batched=True)
+    torch.manual_seed(4)
+    seq_layers, seq_logits = nsloss.layer_activations(model, x, 0.5, copies=3, batched=False)
+    assert torch.allclose(logits, seq_logits, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(layers, seq_layers))
+    clean, _ = nsloss.clean_and_perturbed(layers[1], 3)   # after the first dropout: 0 or rescaled
+    dropped = (clean == 0).float().mean()
+    assert 0.3 < float(dropped) < 0.8
+    assert not any("forward" in vars(m) for m in model.modules())
+    plain = model(x)  # dropout draws independently again outside NsLoss
+    assert not torch.allclose(plain, model(x))
+
+
+def test_dropout_is_left_alone_in_eval_mode():
+    model, x = dropout_net().eval(), inputs(8).detach()
+    torch.manual_seed(0)
+    layers, logits = nsloss.layer_activations(model, x, 0.5, copies=2)
+    assert torch.allclose(logits, model(x), atol=1e-6)
+
+
 def test_perturbed_copies_lie_on_the_sphere():
     x = torch.rand(6, 1, 3, 3)
     xp = nsloss.sphere(x, 1.5, copies=4)
@@ -271,10 +309,13 @@ def test_vat_curvature_product_is_the_limit_of_miyatos_finite_difference():
 #   the mean logit margin falls by the same factor (6.56 -> 0.92; margin/‖J‖_F 0.248 -> 0.259),
 #   and DeepFool's ρ, which is scale-free, does not move (0.1535 -> 0.1467). The same holds after
 #   10 epochs at lr 1e-4 (0.1516 -> 0.1477); trained from scratch (8 epochs) ρ rises
-#   (0.157 -> 0.194) but clean accuracy falls 7 points.
+#   (0.157 -> 0.194) but clean accuracy falls 7 points. On seed 002's own architecture (the
+#   TensorFlow-tutorial CNN) and an MNIST-like dataset it does reproduce: see
+#   test_jacobian_reg_raises_deepfools_rho_on_seed_002s_network below.
 # * ns-loss lowers ‖J‖_F (26.4 -> 6.6) and raises robustness to FGSM and DeepFool's ρ, but the
 #   loss gradient at training points grows (0.365 -> 0.700): the logits flatten, the predictions
-#   lose confidence, and ‖Jᵀ(p − y)‖ grows with (p − y).
+#   lose confidence, and ‖Jᵀ(p − y)‖ grows with (p − y). On seed 000's own network it does
+#   reproduce: see test_ns_loss_flattens_the_loss_gradient_on_seed_000s_network below.
 
 SCHEDULE = {"finetune_epochs": 3, "finetune_lr": 1e-3, "batch_size": 64}
 
@@ -344,6 +385,69 @@ def test_jacobian_reg_raises_deepfools_rho():
         pytest.skip("the deepfool attack plugin is not installed")
     std, jac = rho("standard", "deepfool"), rho("jacobian-reg", "deepfool")
     assert jac > std, figures("ρ (DeepFool)", std, jac)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_jacobian_reg_raises_deepfools_rho_on_seed_002s_network():
+    """Seed 002 §4's protocol, scaled to a CPU test: its MNIST network (the TensorFlow-tutorial
+    CNN, here at a quarter of the width) trained normally on 5,000 Fashion-MNIST images (5
+    epochs), then post-processed with the Jacobian regulariser at λ = 0.1 (§4) with Adam at lr
+    1e-4 for 3 epochs, against the same post-processing without it. DeepFool's ρ on 200
+    correctly classified test points rises, ‖J‖_F falls, clean accuracy stays within 2 points
+    (measured: ρ 0.1096 -> 0.1194, ‖J‖_F 8.10 -> 2.75, accuracy 83.4% -> 83.0%). This is the
+    first setting tried, not a tuned one; on the digits CNN the direction does not hold (above)."""
+    import copy
+
+    registry = testing.registry()
+    data = registry.make_dataset("fashion-mnist", train_size=5000, test_size=500).load(seed=42)
+    architecture = registry.make_architecture("tf-tutorial-cnn", width=0.25)
+    torch.manual_seed(42)
+    standard = registry.make_defense("standard", epochs=5, batch_size=64)
+    pretrained = standard.train(standard.build(architecture, data.input_shape, data.num_classes), data, seed=42)
+    figures_of = {}
+    for defense_id in ("standard", "jacobian-reg"):
+        defense = registry.make_defense(defense_id, finetune_epochs=3, finetune_lr=1e-4,
+                                        **({"lam": 0.1} if defense_id == "jacobian-reg" else {}))
+        model = defense.train(copy.deepcopy(pretrained).train(), data, seed=42, finetune=True).eval()
+        with torch.no_grad():
+            correct = model(data.test.x).argmax(dim=1) == data.test.y
+        x, y = data.test.x[correct][:200], data.test.y[correct][:200]
+        result = registry.make_attack("deepfool")(model, x, y)
+        figures_of[defense_id] = (float(correct.float().mean()), metrics.empirical_robustness(x, result.x_adv, result.success),
+                                  metrics.mean_jacobian_frobenius(model, x))
+    (acc_std, rho_std, jac_std), (acc_jac, rho_jac, jac_jac) = figures_of["standard"], figures_of["jacobian-reg"]
+    assert jac_jac < jac_std, figures("mean ‖J‖_F", jac_std, jac_jac)
+    assert rho_jac > rho_std, figures("ρ (DeepFool)", rho_std, rho_jac)
+    assert abs(acc_jac - acc_std) <= 0.02, figures("clean accuracy", acc_std, acc_jac)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_ns_loss_flattens_the_loss_gradient_on_seed_000s_network():
+    """Seed 000's MNIST network (the Keras example CNN, two dropout layers; here at a quarter of
+    the width) trained normally on 5,000 Fashion-MNIST images (5 epochs), then post-processed
+    with Table I's MNIST setting (λ 2, NsEps 1, N 5; Adam at lr 1e-4, 3 epochs here), against
+    the same post-processing without NsLoss: the loss gradient at training points shrinks and
+    clean accuracy stays within 3 points (measured: 0.3548 -> 0.3076, accuracy 78.2% -> 78.4%;
+    before dropout masks were shared between a sample and its copies, 20.4% accuracy)."""
+    import copy
+
+    registry = testing.registry()
+    data = registry.make_dataset("fashion-mnist", train_size=5000, test_size=500).load(seed=42)
+    architecture = registry.make_architecture("keras-mnist-cnn", width=0.25)
+    torch.manual_seed(42)
+    standard = registry.make_defense("standard", epochs=5, batch_size=64)
+    pretrained = standard.train(standard.build(architecture, data.input_shape, data.num_classes), data, seed=42)
+    found = {}
+    for defense_id, params in (("standard", {}), ("ns-loss", {"preset": "mnist"})):
+        defense = registry.make_defense(defense_id, **params, finetune_epochs=3, finetune_lr=1e-4)
+        model = defense.train(copy.deepcopy(pretrained).train(), data, seed=42, finetune=True).eval()
+        found[defense_id] = (metrics.clean_accuracy(model, data.test.x, data.test.y),
+                             metrics.loss_sensitivity(model, data.train.x[:500], data.train.y[:500]))
+    (acc_std, sens_std), (acc_ns, sens_ns) = found["standard"], found["ns-loss"]
+    assert sens_ns < sens_std, figures("loss sensitivity on training points", sens_std, sens_ns)
+    assert abs(acc_ns - acc_std) <= 0.03, figures("clean accuracy", acc_std, acc_ns)
 
 
 @pytest.mark.xfail(reason="does not reproduce on digits (standard 0.365, ns-loss 0.700 on training points): "

@@ -14,6 +14,12 @@ over the neurons active on the batch; that form is what is computed (exact, and 
 of a neuron that is dead on the whole batch, whose weight MLA = 0 drops it). Perturbed copies are
 not clipped to [0, 1]: Algorithm 1 asks for ‖x − xⱼ‖₂ = NsEps exactly. With batch norm in
 training mode the statistics are taken over clean and perturbed rows together.
+
+Dropout in training mode draws one mask per sample and applies it to the clean row and to each
+of its N copies (:func:`shared_dropout`): the sensitivity is to the input perturbation, not to
+two dropout draws. With independent masks |a(x + δ) − a(x)| is dominated by dropout noise, and
+minimising it drives the activations to zero (the Keras MNIST CNN of seed 000, with its two
+dropout layers, fell from 78% to 20% test accuracy in 3 epochs of Table I's MNIST setting).
 """
 from __future__ import annotations
 
@@ -58,6 +64,48 @@ def recording(model: nn.Module) -> Iterator[list[torch.Tensor]]:
             h.remove()
 
 
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+class _SharedMasks:
+    """Per dropout module and call, one mask for the ``B`` rows of a batch, tiled over ``blocks``
+    stacked copies of the batch (the batched pass) or reused by the following passes (the
+    sequential one, which calls :meth:`next_pass` between passes)."""
+
+    def __init__(self, blocks: int) -> None:
+        self.blocks, self.masks, self.calls = blocks, {}, {}
+
+    def next_pass(self) -> None:
+        self.calls = {}
+
+    def forward(self, module: nn.Module, original, x: torch.Tensor) -> torch.Tensor:
+        if not module.training or module.p == 0:
+            return original(x)
+        call = self.calls.get(id(module), 0)
+        self.calls[id(module)] = call + 1
+        key = (id(module), call)
+        if key not in self.masks:  # the module's own draw on ones: its mask, scaled by 1 / (1 − p)
+            self.masks[key] = original(torch.ones_like(x[:x.shape[0] // self.blocks]))
+        mask = self.masks[key]
+        return x * (mask.repeat(self.blocks, *([1] * (mask.dim() - 1))) if self.blocks > 1 else mask)
+
+
+@contextmanager
+def shared_dropout(model: nn.Module, blocks: int) -> Iterator[_SharedMasks]:
+    """While the block runs, every dropout module of ``model`` (element- and channel-wise) applies
+    the same mask to a sample and to its copies: to each of ``blocks`` stacked copies of the
+    batch in one call, or, with ``blocks = 1``, to every pass after ``next_pass()``."""
+    shared = _SharedMasks(blocks)
+    modules = [m for m in model.modules() if isinstance(m, DROPOUTS)]
+    for m in modules:
+        m.forward = (lambda mod, orig: lambda x: shared.forward(mod, orig, x))(m, m.forward)
+    try:
+        yield shared
+    finally:
+        for m in modules:
+            del m.forward
+
+
 def sphere(x: torch.Tensor, radius: float, copies: int) -> torch.Tensor:
     """``copies`` points per sample uniformly on the L2 sphere of ``radius`` around it: (N, B, ...)."""
     d = torch.randn((copies, *x.shape), device=x.device, dtype=x.dtype)
@@ -74,7 +122,7 @@ def layer_activations(model: nn.Module, x: torch.Tensor, radius: float, copies: 
     concatenated."""
     n = x.shape[0]
     xp = sphere(x.detach(), radius, copies)
-    with recording(model) as acts:
+    with recording(model) as acts, shared_dropout(model, copies + 1 if batched else 1) as masks:
         if batched:
             logits = model(torch.cat([x, xp.flatten(0, 1)]))
             return [*acts, logits], logits[:n]
@@ -82,6 +130,7 @@ def layer_activations(model: nn.Module, x: torch.Tensor, radius: float, copies: 
         runs = [[*acts, clean_logits]]
         for i in range(copies):
             acts.clear()
+            masks.next_pass()
             out = model(xp[i])
             runs.append([*acts, out])
     return [torch.cat(outputs) for outputs in zip(*runs)], clean_logits
