@@ -3,7 +3,7 @@ from arena.errors import ArenaError, AttackError, ConfigError, PluginError, Quer
 from arena.hookspecs import hookimpl
 from arena.registry import Registry, load_plugins
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = [
     "ArenaError",

@@ -87,7 +87,7 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
 
 def providers(registry: Registry, **ids: str) -> dict[str, str]:
     """The distribution and version that provide each plugin (``defenses="gda"`` ->
-    ``{"defenses": "arena 0.1.0"}``), part of every cache key: a new release of a plugin's
+    ``{"defenses": "adversarial-arena 0.1.1"}``), part of every cache key: a new release of a plugin's
     package trains its models again instead of reusing weights its old code produced."""
     out = {}
     for kind, pid in ids.items():
