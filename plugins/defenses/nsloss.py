@@ -79,8 +79,8 @@ class _SharedMasks:
         self.calls = {}
 
     def forward(self, module: nn.Module, original, x: torch.Tensor) -> torch.Tensor:
-        if not module.training or module.p == 0:
-            return original(x)
+        if not module.training or module.p == 0 or x.shape[0] % self.blocks:
+            return original(x)  # (rows that are not the stacked batch: the module's own draw)
         call = self.calls.get(id(module), 0)
         self.calls[id(module)] = call + 1
         key = (id(module), call)
@@ -97,13 +97,17 @@ def shared_dropout(model: nn.Module, blocks: int) -> Iterator[_SharedMasks]:
     batch in one call, or, with ``blocks = 1``, to every pass after ``next_pass()``."""
     shared = _SharedMasks(blocks)
     modules = [m for m in model.modules() if isinstance(m, DROPOUTS)]
+    own = [vars(m).get("forward") for m in modules]  # an instance-level forward someone set
     for m in modules:
         m.forward = (lambda mod, orig: lambda x: shared.forward(mod, orig, x))(m, m.forward)
     try:
         yield shared
     finally:
-        for m in modules:
-            del m.forward
+        for m, previous in zip(modules, own):
+            if previous is None:
+                del m.forward
+            else:
+                m.forward = previous
 
 
 def sphere(x: torch.Tensor, radius: float, copies: int) -> torch.Tensor:
