@@ -162,26 +162,25 @@ def threat_model(match) -> str:
     """The threat model a match row is shown under: its attack's knowledge, except that a
     transfer attack (examples crafted on a surrogate entry, stored as black-box since the target
     is never queried) is shown as ``transfer``."""
-    keys = match.keys() if hasattr(match, "keys") else ()
-    provenance = json.loads(match["provenance_json"] or "{}") if "provenance_json" in keys else {}
-    return "transfer" if provenance.get("surrogate") else match["knowledge"]
+    return "transfer" if _provenance(match).get("surrogate") else match["knowledge"]
 
 
-def _model_provenance(model) -> dict:
-    keys = model.keys() if hasattr(model, "keys") else ()
-    return json.loads(model["provenance_json"] or "{}") if "provenance_json" in keys else {}
+def _provenance(row) -> dict:
+    """The provenance stored with a match or model row ({} for rows written without one)."""
+    keys = row.keys() if hasattr(row, "keys") else ()
+    return json.loads(row["provenance_json"] or "{}") if "provenance_json" in keys else {}
 
 
 def backend(model) -> str:
     """The backend that ran a defense's model ("torch", "keras (tensorflow)"); a wrapper or
     detector reports the backend of the model it wraps."""
-    prov = _model_provenance(model)
+    prov = _provenance(model)
     name = str(prov.get("backend", "torch"))
     return f"{name} ({prov['keras_backend']})" if prov.get("keras_backend") else name
 
 
 def _model_file(model) -> str:
-    prov = _model_provenance(model)
+    prov = _provenance(model)
     if not (prov.get("path") or prov.get("sha256")):
         return ""
     return (", model file" + (f" {prov['path']}" if prov.get("path") else "")
