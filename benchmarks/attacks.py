@@ -317,8 +317,8 @@ def hopskipjump_case(args) -> list[Verdict]:
 
     With one thread the ratio sits near the target whatever the attack's own cost: the model's
     forward passes, on the same rows ART queries, are ~85% of the arena's time (2.4–3.0× over
-    runs on this machine). ART's per-sample loop gains ~10% from a second thread, the arena's
-    batched queries ~50%."""
+    runs on this machine). How much a second thread adds to either tool varied between runs
+    here (ART −9% to +11%, the arena +9% to +48%)."""
     try:
         import art  # noqa: F401
     except ImportError as exc:

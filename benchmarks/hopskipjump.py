@@ -12,9 +12,10 @@ repeats.
     python benchmarks/hopskipjump.py --samples 64 --max-iter 10 --repeats 3 [--threads 2]
 
 Thread count matters to the ratio: ART attacks one sample at a time, so its forward passes are
-small and a second thread gains it ~10%; the arena's batched queries ~50%. At one thread the
-model's forward passes on the same rows are ~85% of the arena's time, which keeps the ratio near
-3× (2.4–3.0× over runs on this 2-core machine).
+small, while the arena batches every sample's queries. What a second thread adds to either tool
+varied between runs on this 2-core machine (ART −9% to +11%, the arena +9% to +48%). At one
+thread the model's forward passes on the same rows are ~85% of the arena's time, which keeps
+the ratio near 3× (2.4–3.0× over runs here).
 
 Needs ``adversarial-robustness-toolbox`` (``pip install adversarial-robustness-toolbox --no-deps``;
 its own dependencies are numpy, scipy, scikit-learn, six and tqdm, and it does not pull torch).
