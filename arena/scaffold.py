@@ -16,7 +16,7 @@ from string import Template
 from arena.errors import ArenaError, ConfigError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*$")
-RESERVED_PACKAGES = {"arena", "plugins", "tests"}
+RESERVED_PACKAGES = {"arena", "arena_builtins", "plugins", "tests"}
 
 PYPROJECT = Template('''\
 [build-system]

@@ -53,7 +53,7 @@ def _hopskipjump_plugin():
     registry = load_plugins()
     if "hopskipjump" in registry.attacks:
         return registry.attacks["hopskipjump"]
-    from plugins.attacks.decision import HopSkipJump
+    from arena_builtins.attacks.decision import HopSkipJump
     return HopSkipJump
 
 

@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     keras = import_keras("tensorflow")
-    from plugins.keras.architectures import build
+    from arena_builtins.keras.architectures import build
 
     keras.utils.set_random_seed(args.seed)
     model = build("keras-mnist-cnn", (1, 28, 28), 10)

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import arena
-from plugins.architectures import cifar, papers, small
+from arena_builtins.architectures import cifar, papers, small
 from arena.testing import ArchitectureContract
-from plugins.datasets import digits
+from arena_builtins.datasets import digits
 
 # id -> config small enough for a fast forward pass; the layout stays the paper's.
 ARCHS = {

@@ -17,7 +17,7 @@ from arena import load_plugins, testing
 from arena.errors import ConfigError
 from arena.testing import AttackContract
 from arena.threat import Knowledge
-import plugins.attacks.adaptive as adaptive
+import arena_builtins.attacks.adaptive as adaptive
 
 CW = {"steps": 50, "binary_search_steps": 3, "initial_const": 1.0, "lr": 0.05}
 CW_FAST = {"steps": 30, "binary_search_steps": 2, "initial_const": 1.0, "lr": 0.05}

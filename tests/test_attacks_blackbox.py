@@ -12,7 +12,7 @@ from arena import load_plugins, testing
 from arena.model import QueryOracle
 from arena.registry import Registry
 from arena.testing import AttackContract
-from plugins.attacks import decision, substitute
+from arena_builtins.attacks import decision, substitute
 
 _INSTALLED = testing.registry  # the suites' own loader, before the fixture below swaps it
 _PLUGINS = (("attacks-decision", decision, ("hopskipjump", "boundary")),

@@ -8,7 +8,7 @@ import torch
 from arena import testing
 from arena.errors import ConfigError
 from arena.testing import AttackContract
-from plugins.attacks.deepfool import candidate_classes, difference_jacobian
+from arena_builtins.attacks.deepfool import candidate_classes, difference_jacobian
 
 # Short schedules that still fool every sample of the digits CNN (κ > 0 and targets need 100 steps).
 CW = {"steps": 50, "binary_search_steps": 3, "initial_const": 1.0, "lr": 0.05}

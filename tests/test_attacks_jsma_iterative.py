@@ -10,8 +10,8 @@ import torch
 from arena import testing
 from arena.errors import ConfigError
 from arena.testing import AttackContract
-from plugins.attacks import iterative, jsma
-from plugins.attacks.gradient import loss_gradient
+from arena_builtins.attacks import iterative, jsma
+from arena_builtins.attacks.gradient import loss_gradient
 
 
 class TestBIMLinf(AttackContract):

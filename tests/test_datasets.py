@@ -12,7 +12,7 @@ import torch
 import arena
 from arena.data import DataSplits
 from arena.testing import DatasetContract
-from plugins.datasets import cifar10, digits, idx, synthetic
+from arena_builtins.datasets import cifar10, digits, idx, synthetic
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

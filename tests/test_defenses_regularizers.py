@@ -16,7 +16,7 @@ from torch import nn
 from arena import ArenaError, ConfigError, metrics, testing
 from arena.data import DataSplits
 from arena.testing import DefenseContract
-from plugins.defenses import adversarial, nsloss, regularizers
+from arena_builtins.defenses import adversarial, nsloss, regularizers
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -15,9 +15,9 @@ from arena import ConfigError, testing
 from arena.metrics import loss_sensitivity
 from arena.testing import DefenseContract
 from arena.training import accuracy
-from plugins.defenses.activations import BoundedReLU
-from plugins.defenses.preprocessing import median_filter
-from plugins.defenses.smoothing import smoothed_targets
+from arena_builtins.defenses.activations import BoundedReLU
+from arena_builtins.defenses.preprocessing import median_filter
+from arena_builtins.defenses.smoothing import smoothed_targets
 
 # the schedule of arena.testing.trained_model(), so that it is the `standard` baseline
 SCHEDULE = {"epochs": 8, "batch_size": 64, "lr": 2e-3}

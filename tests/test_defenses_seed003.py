@@ -18,7 +18,7 @@ from torch import nn
 
 from arena.errors import ConfigError
 from arena.testing import DefenseContract, digits, registry, trained_model
-from plugins.defenses.embedding import (
+from arena_builtins.defenses.embedding import (
     reduce_variance_loss, reverse_cross_entropy, siamese_loss, siamese_partners,
 )
 

@@ -25,8 +25,8 @@ from arena.leaderboard import tables  # noqa: E402
 from arena.tournament.config import parse_tournament  # noqa: E402
 from arena.tournament.runner import Runner  # noqa: E402
 from arena.tournament.store import Store  # noqa: E402
-from plugins.defenses import model_file  # noqa: E402
-from plugins.keras import architectures, convert  # noqa: E402
+from arena_builtins.defenses import model_file  # noqa: E402
+from arena_builtins.keras import architectures, convert  # noqa: E402
 
 on_tf = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="this process runs Keras on "
                            f"'{keras.backend.backend()}'; the bridge tests need KERAS_BACKEND=tensorflow")
@@ -384,7 +384,7 @@ def test_train_keras_and_the_cli(reg, tmp_path):
 
 
 def test_keras_label_smoothing_matches_the_torch_defense(reg):
-    from plugins.keras.defenses import RECIPES
+    from arena_builtins.keras.defenses import RECIPES
 
     cfg = reg.get("defenses", "label-smoothing").parse_config({"confidence": 0.9})
     loss = RECIPES["label-smoothing"](cfg).loss(10)
@@ -402,7 +402,7 @@ def test_without_keras_the_backend_says_why(tmp_path):
         sys.modules["tensorflow"] = None
         import arena
         from arena.backends import keras as kb
-        from plugins.defenses import model_file
+        from arena_builtins.defenses import model_file
         reg = arena.load_plugins(extra=[("k", kb), ("m", model_file)] if "keras" not in arena.load_plugins().backends else [])
         assert "keras" in reg.backends and "pgd" in reg.attacks
         open({str(tmp_path / "m.keras")!r}, "wb").close()

@@ -35,7 +35,7 @@ def arena_register_attacks(register):
 
 DUPLICATE = '''
 from arena import hookimpl
-from plugins.attacks.gradient import FGSM
+from arena_builtins.attacks.gradient import FGSM
 
 class MyFGSM(FGSM):
     """A second FGSM under the same id."""

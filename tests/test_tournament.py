@@ -317,7 +317,7 @@ def test_an_attack_runs_only_against_the_defenses_it_names(tmp_path, reg):
 def test_a_trained_sanitiser_is_cached_like_a_trained_model(tmp_path, reg, monkeypatch):
     """DLN trains a sanitiser inside ``wrap``; a second tournament on the same cache restores
     it instead of training it again, and gives the same results."""
-    from plugins.defenses.sanitizer import DLN
+    from arena_builtins.defenses.sanitizer import DLN
 
     trained = []
     original = DLN._train_sanitizer

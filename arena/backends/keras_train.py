@@ -1,6 +1,6 @@
 """``arena train``: train a model outside a tournament and save it as a model file.
 
-``--backend keras`` trains the Keras version of a paper's network (:mod:`plugins.keras`) with
+``--backend keras`` trains the Keras version of a paper's network (:mod:`arena_builtins.keras`) with
 Keras' own ``fit`` loop and saves a ``.keras`` (or legacy ``.h5``) file; ``--backend torch``
 trains the arena's torch network with any training-time defense and saves a weights-only state
 dict (``.pt``). Either file enters a tournament through the ``model-file`` defense. Defense and
@@ -78,7 +78,7 @@ def train_keras(architecture: str, dataset: str, out: str | Path, defense: str |
     from arena.backends.keras import import_keras
 
     keras = import_keras(keras_backend)
-    from plugins.keras import architectures, defenses
+    from arena_builtins.keras import architectures, defenses
 
     registry = registry or load_plugins()
     defense = defense or "standard"

@@ -14,7 +14,7 @@ from torch import nn
 from arena import hookimpl
 from arena.model import Architecture
 from arena.plugin import PluginConfig
-from plugins.architectures.small import FeatureClassifier, check_shape, pool2, scaled
+from arena_builtins.architectures.small import FeatureClassifier, check_shape, pool2, scaled
 
 VGG19_CFG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",

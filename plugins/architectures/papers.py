@@ -3,7 +3,7 @@
 Convolutions follow Keras / TensorFlow padding: ``valid`` or ``same`` (TensorFlow's asymmetric
 zero padding, also for strided convolutions). A ``valid`` convolution whose kernel is larger
 than its input (8x8 digits through a 6x6 kernel) falls back to ``same``, so every network builds
-for 8x8, 28x28 and 32x32 inputs. Layouts follow :mod:`plugins.architectures.small`:
+for 8x8, 28x28 and 32x32 inputs. Layouts follow :mod:`arena_builtins.architectures.small`:
 ``features`` (flattened embedding) then ``classifier`` (linear to logits).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 from arena import hookimpl
 from arena.model import Architecture
 from arena.plugin import PluginConfig
-from plugins.architectures.small import (
+from arena_builtins.architectures.small import (
     FeatureClassifier,
     check_shape,
     pool2,

@@ -1,11 +1,11 @@
 """Adaptive attacks: C&W-L2 strengthened against a defense (seed 000's restarts and gradient
 expectation, Carlini & Wagner's detector-aware loss), and the wrappers ``eot``, ``bpda`` and
-``repeated`` (:mod:`plugins.attacks.adaptive_wrappers`). Every attack here has knowledge
+``repeated`` (:mod:`arena_builtins.attacks.adaptive_wrappers`). Every attack here has knowledge
 ``adaptive`` and takes from the defense only what the declared hooks give: ``model.randomized``,
 ``model.bpda_forward`` and, as ``self.context``, the detector with its ``score`` and
 ``threshold``.
 
-The C&W variants reuse :mod:`plugins.attacks.cw` (objective, Adam step, binary search).
+The C&W variants reuse :mod:`arena_builtins.attacks.cw` (objective, Adam step, binary search).
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from arena.attack import MinimalAttack, RunOutput
 from arena.defense import DetectorDefense
 from arena.errors import ConfigError
 from arena.threat import Knowledge, Norm
-from plugins.attacks.adaptive_wrappers import BPDA, EOT, Repeated
-from plugins.attacks.cw import _NO_BOUND, CarliniWagnerL2, CWConfig, _Best, adam_step, cw_objective, update_const
-from plugins.attacks.gradient import random_start
+from arena_builtins.attacks.adaptive_wrappers import BPDA, EOT, Repeated
+from arena_builtins.attacks.cw import _NO_BOUND, CarliniWagnerL2, CWConfig, _Best, adam_step, cw_objective, update_const
+from arena_builtins.attacks.gradient import random_start
 
 
 def to_tanh_space(x: torch.Tensor) -> torch.Tensor:

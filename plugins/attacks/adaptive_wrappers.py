@@ -1,7 +1,7 @@
 """Adaptive wrappers around white-box attacks: ``eot`` (averaged logits against randomised
 defenses), ``bpda`` (differentiable stand-ins for non-differentiable preprocessing) and
 ``repeated`` (seed 004's attacker of repeated DLN rounds). Registered by
-:mod:`plugins.attacks.adaptive`.
+:mod:`arena_builtins.attacks.adaptive`.
 
 A wrapper builds its inner attack through the installed plugins and runs the inner attack's
 ``run`` on a surrogate module (averaged, or BPDA) that it builds from the declared adaptive hooks

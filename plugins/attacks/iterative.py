@@ -1,6 +1,6 @@
 """FGSM's relatives: the basic iterative method, Random + FGSM, and the minimal-ε FGSM search.
 
-All three reuse the gradient machinery of :mod:`plugins.attacks.gradient` (``loss_gradient``,
+All three reuse the gradient machinery of :mod:`arena_builtins.attacks.gradient` (``loss_gradient``,
 ``steepest_step`` and, for BIM, PGD itself) instead of copying it.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from arena import hookimpl
 from arena.attack import FixedBudgetAttack, MinimalAttack, RunOutput
 from arena.plugin import PluginConfig
 from arena.threat import L2OrLinf, Norm
-from plugins.attacks.gradient import PGD, loss_gradient, steepest_step
+from arena_builtins.attacks.gradient import PGD, loss_gradient, steepest_step
 
 # Largest number of input elements (candidates × features) evaluated in one forward pass.
 _CANDIDATE_BUDGET = 1 << 22

@@ -11,7 +11,7 @@ from torch import nn
 from arena import ConfigError, hookimpl
 from arena.defense import TrainingConfig, TrainingDefense
 from arena.model import Architecture
-from plugins.defenses.gda import GDA, GDAConfig
+from arena_builtins.defenses.gda import GDA, GDAConfig
 
 THRESHOLD = Field(1.0, gt=0, description="cut-off t where the activation saturates (the paper: t = 1)")
 

@@ -6,7 +6,7 @@ The objective is seed 001's mix ``(1 − r)·CE(x, y) + r·CE(x_adv, y)`` with `
 r = 1). Every sample of the batch is attacked, through the attack harness (budget projection,
 eval mode during the attack, weights checked), with the attack drawn from the installed
 plugins, so a third-party attack works as a generator too. The regularisers of
-:mod:`plugins.defenses.regularizers` reuse :class:`AdversarialGenerator` for their ``& AT``
+:mod:`arena_builtins.defenses.regularizers` reuse :class:`AdversarialGenerator` for their ``& AT``
 variants (seed 002 Tables 3-4).
 """
 from __future__ import annotations

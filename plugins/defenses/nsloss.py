@@ -40,7 +40,7 @@ from arena.data import DataSplits, Split
 from arena.defense import TrainingDefense
 from arena.errors import ArenaError
 from arena.training import fit
-from plugins.defenses.regularizers import PresetConfig, jacobian_penalty
+from arena_builtins.defenses.regularizers import PresetConfig, jacobian_penalty
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU)
 Lam = Annotated[float, Field(ge=0)] | Literal["auto"]

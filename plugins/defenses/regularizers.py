@@ -23,7 +23,7 @@ from torch import nn
 from arena import hookimpl
 from arena.defense import TrainingConfig, TrainingDefense
 from arena.metrics import logit_jacobian
-from plugins.defenses.adversarial import AdversarialGenerator, AdversarialSpec
+from arena_builtins.defenses.adversarial import AdversarialGenerator, AdversarialSpec
 
 
 def jacobian_sq_norm(logits: torch.Tensor, x: torch.Tensor, projections: int | None = None) -> torch.Tensor:

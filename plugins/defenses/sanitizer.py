@@ -19,7 +19,7 @@ from arena.defense import DefendedModel, InferenceDefense
 from arena.model import model_device
 from arena.plugin import PluginConfig
 from arena.training import fit
-from plugins.defenses.noise import SIGMA, noisy_logits
+from arena_builtins.defenses.noise import SIGMA, noisy_logits
 
 ATTACK_BATCH = 512
 

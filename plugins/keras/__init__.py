@@ -1,6 +1,6 @@
 """The seed papers' networks and simplest training-time defenses written in Keras 3.
 
-``architectures`` builds the Keras twins of :mod:`plugins.architectures.papers` (same layers,
+``architectures`` builds the Keras twins of :mod:`arena_builtins.architectures.papers` (same layers,
 same padding rules, channels-last), ``defenses`` holds the Keras training recipes of ``gda``,
 ``brelu``, ``gda-brelu`` and ``label-smoothing``, and ``convert`` copies a torch model's weights
 into its Keras twin. Nothing here is an entry-point plugin: ``arena train --backend keras``

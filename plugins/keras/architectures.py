@@ -1,9 +1,9 @@
 """Keras 3 versions of the papers' networks, layer for layer like their torch versions.
 
 Each builder returns a channels-last ``keras.Sequential`` mapping ``(N, H, W, C)`` inputs in
-[0, 1] to logits. Padding and pooling follow :mod:`plugins.architectures.papers` exactly (a
+[0, 1] to logits. Padding and pooling follow :mod:`arena_builtins.architectures.papers` exactly (a
 ``valid`` convolution larger than its input falls back to ``same``; a pool that would empty the
-map is skipped), so a torch model's weights copy over one to one (:mod:`plugins.keras.convert`).
+map is skipped), so a torch model's weights copy over one to one (:mod:`arena_builtins.keras.convert`).
 ``activation`` builds each activation layer: ``keras.layers.ReLU()`` by default,
 ``ReLU(max_value=t)`` for bounded ReLUs.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import keras
 
 from arena.errors import ConfigError, did_you_mean
-from plugins.architectures.papers import _pad_1d
-from plugins.architectures.small import check_shape, scaled
+from arena_builtins.architectures.papers import _pad_1d
+from arena_builtins.architectures.small import check_shape, scaled
 
 Activation = Callable[[], keras.layers.Layer]
 Size = tuple[int, int]

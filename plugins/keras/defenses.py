@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from plugins.keras.architectures import Activation, relu
+from arena_builtins.keras.architectures import Activation, relu
 
 
 class NoisyBatches(keras.utils.PyDataset):
