@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from pydantic import Field
@@ -31,11 +31,36 @@ class DefenseKind(str, Enum):
     DETECTOR = "detector"
 
 
+class EntrantBuilder(Protocol):
+    """What turns a defense into a defended model, one method per kind of defense (the
+    tournament's entrant builder, the contract tests' fixture builder). A defense picks its
+    method in :meth:`Defense.enter`, so no caller dispatches on the kind."""
+
+    def train(self, defense: "TrainingDefense") -> Any: ...
+
+    def load(self, defense: "PretrainedDefense") -> Any: ...
+
+    def wrap(self, defense: "InferenceDefense") -> Any: ...
+
+    def detect(self, defense: "DetectorDefense") -> Any: ...
+
+
 class Defense(Plugin):
-    """Base of all defense plugins; ``defense_kind`` says which of the three kinds it is."""
+    """Base of all defense plugins; ``defense_kind`` says which of the kinds it is.
+
+    ``wraps_model``: the defense protects another entrant's trained model (named by ``on`` in a
+    tournament) instead of bringing a model of its own. ``trains``: it takes the tournament's
+    ``[training]`` settings.
+    """
 
     kind: ClassVar[str] = "defense"
     defense_kind: ClassVar[DefenseKind]
+    wraps_model: ClassVar[bool] = False
+    trains: ClassVar[bool] = False
+
+    def enter(self, builder: EntrantBuilder) -> Any:
+        """Build this defense's entrant with the ``builder`` method of its kind."""
+        raise NotImplementedError
 
 
 class TrainingConfig(PluginConfig):
@@ -59,9 +84,13 @@ class TrainingDefense(Defense):
     defense changes the network, such as bounded ReLUs)."""
 
     defense_kind: ClassVar[DefenseKind] = DefenseKind.TRAINING
+    trains: ClassVar[bool] = True
 
     class Config(TrainingConfig):
         pass
+
+    def enter(self, builder: EntrantBuilder) -> Any:
+        return builder.train(self)
 
     def build(self, architecture: Architecture, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         """A fresh network for this defense."""
@@ -116,6 +145,9 @@ class PretrainedDefense(Defense):
 
     defense_kind: ClassVar[DefenseKind] = DefenseKind.PRETRAINED
 
+    def enter(self, builder: EntrantBuilder) -> Any:
+        return builder.load(self)
+
     def load(self, architecture: Architecture, data: DataSplits) -> nn.Module:
         raise NotImplementedError
 
@@ -124,10 +156,14 @@ class InferenceDefense(Defense):
     """A defense that changes how a trained model answers; :meth:`wrap` returns the defended model."""
 
     defense_kind: ClassVar[DefenseKind] = DefenseKind.INFERENCE
+    wraps_model: ClassVar[bool] = True
     #: ``wrap`` trains parameters of its own (a sanitiser network). Such a defense's ``wrap``
     #: also accepts ``train=False``, returning the same structure untrained, so that a
     #: tournament can restore the trained state from its model cache instead of training again.
     learned: ClassVar[bool] = False
+
+    def enter(self, builder: EntrantBuilder) -> Any:
+        return builder.wrap(self)
 
     def wrap(self, model: nn.Module, data: DataSplits, *, seed: int = 42) -> DefendedModel:
         raise NotImplementedError
@@ -141,11 +177,15 @@ class DetectorDefense(Defense):
     """
 
     defense_kind: ClassVar[DefenseKind] = DefenseKind.DETECTOR
+    wraps_model: ClassVar[bool] = True
 
     class Config(PluginConfig):
         fpr: float = Field(0.05, gt=0, lt=1)
 
     threshold: float = float("inf")
+
+    def enter(self, builder: EntrantBuilder) -> Any:
+        return builder.detect(self)
 
     def fit(self, model: nn.Module, data: Split, *, seed: int = 42) -> None:
         """Fit the detector; subclasses call :meth:`calibrate` at the end."""

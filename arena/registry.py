@@ -1,6 +1,7 @@
 """Plugin discovery: the ``arena`` entry-point group loaded with pluggy into a :class:`Registry`."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import os
 import sys
@@ -13,7 +14,7 @@ import pluggy
 
 from arena import hookspecs
 from arena.errors import ConfigError, PluginError, did_you_mean
-from arena.plugin import ID_PATTERN, Plugin, PluginConfig
+from arena.plugin import ID_PATTERN, Plugin, PluginConfig, resolving_with
 
 GROUP = "arena"
 KINDS = ("attacks", "defenses", "datasets", "architectures", "backends")
@@ -76,7 +77,14 @@ class Registry:
         return table[plugin_id]
 
     def make(self, kind: str, plugin_id: str, **config: Any) -> Any:
-        return self.get(kind, plugin_id)(**config)
+        """A new instance; plugin references in its config resolve against this registry."""
+        cls = self.get(kind, plugin_id)
+        with resolving_with(self):
+            return cls(**config)
+
+    def resolving(self) -> Any:
+        """A block in which plugin references (:class:`arena.plugin.PluginRef`) resolve here."""
+        return resolving_with(self)
 
     def make_attack(self, plugin_id: str, **config: Any) -> Any:
         return self.make("attacks", plugin_id, **config)
@@ -165,6 +173,13 @@ def _check_pending(pm: pluggy.PluginManager, owners: dict[str, Owner]) -> None:
             if not impl.optionalhook:
                 owner = owners.get(impl.plugin_name, impl.plugin_name)
                 raise PluginError(f"{owner} implements unknown hook '{name}'{did_you_mean(name, specs)}")
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The installed plugins, loaded once per process: what plugin references resolve against
+    when no registry is building a plan or a plugin (a plugin constructed by hand)."""
+    return load_plugins()
 
 
 def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True) -> Registry:
