@@ -8,18 +8,17 @@ and measures success and distance itself.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from arena.data import check_images
 from arena.errors import AttackError, ConfigError
-from arena.model import Model, QueryOracle
+from arena.model import Model, QueryOracle, frozen, seeded
 from arena.plugin import Plugin
-from arena.threat import Knowledge, Norm, ThreatModel
+from arena.threat import Knowledge, Norm, ThreatModel, within
 
 
 @dataclass
@@ -40,9 +39,9 @@ class AttackResult:
 
     def success_at(self, eps: float) -> torch.Tensor:
         """Success within budget ``eps``: what one run of a minimal attack says of every budget."""
-        if self.eps is not None and eps > self.eps * (1 + 1e-6):
+        if self.eps is not None and not bool(within(torch.tensor(eps), self.eps)):
             raise ValueError(f"this result was produced at eps={self.eps}; cannot judge eps={eps}")
-        return self.success & (self.distance <= eps * (1 + 1e-5) + 1e-7)
+        return self.success & within(self.distance, eps)
 
 
 @dataclass
@@ -101,7 +100,8 @@ class Attack(Plugin):
             raise AttackError(f"attack '{self.id}': model must be callable, got {type(model).__name__}")
         threat = self._validate(x, y, eps, targets)
         self.context = context  # the defense object, for adaptive attacks (declared hooks only)
-        with _attack_mode(model) as fingerprint, _seeded(seed, x.device):
+        with frozen(model), seeded(seed, x.device):
+            fingerprint = _fingerprint(model)
             if x.shape[0]:
                 num_classes = _logits(model, x[:1]).shape[1]  # one sample tells the class count
                 _check_labels(y, targets, num_classes, self.id)
@@ -130,9 +130,10 @@ class Attack(Plugin):
                 raise ConfigError(f"attack '{self.id}': targets must be int64 shaped like y")
         if not self.minimal and eps is None:
             raise ConfigError(f"attack '{self.id}' is a fixed-budget attack and needs eps")
-        if eps is not None and not eps > 0:
-            raise ConfigError(f"attack '{self.id}': eps must be positive, got {eps}")
-        return self.threat_model(eps, targets is not None)
+        try:
+            return self.threat_model(eps, targets is not None)
+        except ValueError as exc:
+            raise ConfigError(f"attack '{self.id}': eps: {exc}") from None
 
     def _target(self, model: Model, n: int, device: torch.device) -> Any:
         if self.knowledge is Knowledge.BLACK_BOX:
@@ -183,34 +184,6 @@ def _fingerprint(model: Any) -> tuple:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         items.append((name, id(t), t._version, float(t.detach().double().sum())))
     return tuple(items)
-
-
-@contextmanager
-def _attack_mode(model: Any) -> Iterator[tuple]:
-    """Eval mode and no parameter gradients during the attack; both restored afterwards."""
-    was_training = bool(getattr(model, "training", False))
-    params = list(model.parameters()) if isinstance(model, nn.Module) else []
-    grad_flags = [p.requires_grad for p in params]
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield _fingerprint(model)
-    finally:
-        for p, flag in zip(params, grad_flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-@contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def off_target(cls: type, params: dict[str, Any]) -> dict[str, Any]:

@@ -18,30 +18,15 @@ leaves gradients on the model's parameters.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arena.model import frozen, model_device
+
 TINY = 1e-12
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for the duration; the model's previous mode is restored afterwards."""
-    was_training = bool(getattr(model, "training", False))
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def _device(model: nn.Module, fallback: torch.device) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else fallback
 
 
 def _batches(n: int, batch_size: int) -> Iterable[slice]:
@@ -56,9 +41,9 @@ def _mask(n: int, clean_correct: torch.Tensor | None, device: torch.device) -> t
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
-    device = _device(model, x.device)
+    device = model_device(model, x.device)
     correct = 0
-    with _evaluating(model), torch.no_grad():
+    with frozen(model), torch.no_grad():
         for s in _batches(len(x), batch_size):
             pred = model(x[s].to(device)).argmax(dim=1).to(y.device)
             correct += int((pred == y[s]).sum())
@@ -131,9 +116,9 @@ def _input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
 
 def loss_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
     """Local loss sensitivity ℓ = mean ‖∇ₓ CE(θ, x_i, y_i)‖₂ (seed 001 §4, Table 3)."""
-    device = _device(model, x.device)
+    device = model_device(model, x.device)
     norms = []
-    with _evaluating(model), torch.enable_grad():
+    with frozen(model), torch.enable_grad():
         for s in _batches(len(x), batch_size):
             grad = _input_gradients(model, x[s].to(device), y[s].to(device))
             norms.append(grad.flatten(1).norm(dim=1).detach())
@@ -161,9 +146,9 @@ def mean_jacobian_frobenius(model: nn.Module, x: torch.Tensor, batch_size: int =
 
     Evaluate on clean inputs and on attacked ones (``x_adv``) for both columns of the table.
     """
-    device = _device(model, x.device)
+    device = model_device(model, x.device)
     norms = []
-    with _evaluating(model), torch.enable_grad():
+    with frozen(model), torch.enable_grad():
         for s in _batches(len(x), batch_size):
             xb = x[s].to(device).detach().requires_grad_(True)
             jac = logit_jacobian(model(xb), xb)

@@ -30,12 +30,45 @@ class Model(Protocol):
     def train(self, mode: bool = True) -> Any: ...
 
 
-def model_device(model: Any) -> torch.device:
-    """The device of a model's first parameter or buffer (CPU when it has none)."""
+def model_device(model: Any, fallback: torch.device | None = None) -> torch.device:
+    """The device of a model's first parameter or buffer (``fallback``, else the CPU, when it
+    has none): the one way to find where a model lives."""
     if isinstance(model, nn.Module):
         for tensor in list(model.parameters()) + list(model.buffers()):
             return tensor.device
-    return torch.device("cpu")
+    return fallback if fallback is not None else torch.device("cpu")
+
+
+@contextmanager
+def frozen(model: Any) -> Iterator[Any]:
+    """``model`` in eval mode without parameter gradients (as an attack sees it, and as a frozen
+    part of a network being trained); mode and flags restored afterwards."""
+    was_training = bool(getattr(model, "training", False))
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    grad_flags = [p.requires_grad for p in params]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(params, grad_flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Torch's generator seeded with ``seed`` inside the block and restored after it (``None``:
+    left alone), so that an attack call or a randomised model answers the same in a fresh,
+    cached or resumed run."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def default_device() -> torch.device:

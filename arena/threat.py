@@ -5,6 +5,7 @@ projects perturbations onto its ε-ball, and the attack harness uses exactly the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated
@@ -46,6 +47,29 @@ class Norm(str, Enum):
             factor = torch.where(norms > eps_t, eps_t / norms.clamp_min(1e-12), torch.ones_like(norms))
             return delta * factor.view(view)
         return _project_l0(delta, eps_t)
+
+
+def check_budget(eps: float) -> float:
+    """The one check of a budget, wherever one enters (a tournament file, an attack call, a
+    plugin's config): a finite number above zero. ValueError otherwise."""
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"a budget must be a finite number above 0, got {eps!r}")
+    return float(eps)
+
+
+Budget = Annotated[float, AfterValidator(check_budget)]
+"""The type of a budget field in a config: ``eps: Budget = 0.3``."""
+
+# A distance counts as within budget ε up to float32 rounding of the projection that put it there.
+REL_TOLERANCE, ABS_TOLERANCE = 1e-5, 1e-7
+
+
+def within(distance: torch.Tensor, eps: float) -> torch.Tensor:
+    """Which per-sample distances lie within budget ``eps`` (∞: all), the one tolerance used to
+    judge a result at a budget."""
+    if math.isinf(eps):
+        return torch.ones_like(distance, dtype=torch.bool)
+    return distance <= eps * (1 + REL_TOLERANCE) + ABS_TOLERANCE
 
 
 def _l2_or_linf(norm: Norm) -> Norm:
@@ -91,8 +115,8 @@ class ThreatModel:
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", Norm(self.norm))
         object.__setattr__(self, "knowledge", Knowledge(self.knowledge))
-        if self.eps is not None and not self.eps > 0:
-            raise ValueError(f"eps must be positive, got {self.eps}")
+        if self.eps is not None:
+            object.__setattr__(self, "eps", check_budget(self.eps))
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Project ``x_adv`` onto the ε-ball around ``x`` (if bounded) and the [0, 1] box."""

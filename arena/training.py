@@ -9,6 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from arena.data import Split
+from arena.model import model_device
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -32,7 +33,7 @@ def fit(model: nn.Module, data: Split, loss_fn: LossFn, *, epochs: int, batch_si
     Batches are drawn by a generator seeded with ``seed``, so the same call gives the same
     model. Data moves to the model's device batch by batch.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)  # type: ignore[arg-type]
     g = torch.Generator().manual_seed(seed)
     n = len(data)

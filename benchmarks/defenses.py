@@ -42,7 +42,7 @@ CASES: list[tuple[str, str, dict]] = [
     ("combined, exact Jacobian", "combined", {}),
     ("combined, 1 projection", "combined", {"projections": 1}),
     ("fgsm-at (ratio 0.5)", "fgsm-at", {}),
-    ("adversarial-training pgd-10", "adversarial-training", {"attack_params": {"steps": 10}}),
+    ("adversarial-training pgd-10", "adversarial-training", {"attack": {"id": "pgd", "params": {"steps": 10}}}),
     ("vat", "vat", {}),
     ("gda N=10", "gda", {"copies": 10}),
 ]

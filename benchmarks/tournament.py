@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import arena
-from arena.tournament.config import merged_params, parse_tournament
+from arena.tournament.plan import parse_tournament
 from arena.tournament.runner import Runner
 from arena.tournament.store import Store
 
@@ -41,7 +41,7 @@ def timed_run(data: dict, registry: arena.Registry, workdir: Path) -> float:
     cfg = parse_tournament(data, registry)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        Runner(cfg, registry, Store(Path(tmp) / "r.db"), cache_dir=Path(tmp) / "cache", progress=False).run()
+        Runner(cfg, Store(Path(tmp) / "r.db"), cache_dir=Path(tmp) / "cache", progress=False).run()
     return time.perf_counter() - start
 
 
@@ -63,21 +63,18 @@ def by_hand(data: dict, registry: arena.Registry) -> float:
     from arena.training import accuracy
 
     start = time.perf_counter()
-    cfg = parse_tournament(data, registry)
-    splits = registry.make_dataset(cfg.dataset.id, **cfg.dataset.params).load(cfg.seed)
-    evaluation = splits.test.take(cfg.samples, cfg.seed)
-    (entry,), (attack_entry,) = cfg.defenses, cfg.attacks
-    defense_cls = registry.get("defenses", entry.id)
-    defense = defense_cls(**merged_params(defense_cls, entry.params, cfg.training))
-    torch.manual_seed(cfg.seed)
-    arch = registry.make_architecture(cfg.architecture.id, **cfg.architecture.params)
-    model = defense.build(arch, splits.input_shape, splits.num_classes)
-    defense.train(model, splits, seed=cfg.seed, finetune=False, progress=False)
+    plan = parse_tournament(data, registry)
+    splits = plan.dataset.build().load(plan.seed)
+    evaluation = splits.test.take(plan.config.samples, plan.seed)
+    (entry,), (attack_plan,) = plan.defenses, plan.attacks
+    defense = entry.defense
+    torch.manual_seed(plan.seed)
+    model = defense.build(entry.architecture.build(), splits.input_shape, splits.num_classes)
+    defense.train(model, splits, seed=plan.seed, finetune=False, progress=False)
     model.eval()
     accuracy(model, evaluation)
-    attack = registry.make_attack(attack_entry.id, **attack_entry.params)
-    for budget in attack_entry.budgets:
-        attack(model, evaluation.x, evaluation.y, budget, seed=cfg.seed)
+    for budget in attack_plan.budgets:
+        attack_plan.attack(model, evaluation.x, evaluation.y, budget, seed=plan.seed)
     return time.perf_counter() - start
 
 

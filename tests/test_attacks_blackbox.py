@@ -1,6 +1,6 @@
-"""Black-box attacks (HopSkipJump, Boundary, substitute training): the contract suites, what the
-harness lets them see, how their queries are counted and budgeted, and their strength on the
-small trained digits model."""
+"""Black-box attacks (HopSkipJump, Boundary, substitute training): what the harness lets them
+see, how their queries are counted and budgeted, and their strength on the small trained digits
+model. Contract rows: tests/test_contracts.py."""
 from __future__ import annotations
 
 import functools
@@ -11,7 +11,6 @@ import torch
 from arena import load_plugins, testing
 from arena.model import QueryOracle
 from arena.registry import Registry
-from arena.testing import AttackContract
 from arena_builtins.attacks import decision, substitute
 
 _INSTALLED = testing.registry  # the suites' own loader, before the fixture below swaps it
@@ -48,28 +47,7 @@ def make(attack_id: str, **params):
 
 HSJ = {"max_iterations": 4, "init_evals": 20}
 BOUNDARY = {"steps": 400, "spherical_step": 0.1, "source_step": 0.05}
-SUBSTITUTE = {"rounds": 3, "epochs": 10, "inner_params": {"steps": 10, "rel_step_size": 0.25}}
-
-
-class TestHopSkipJumpL2(AttackContract):
-    attack_id = "hopskipjump"
-    params = HSJ
-
-
-class TestHopSkipJumpLinf(AttackContract):
-    attack_id = "hopskipjump"
-    params = {**HSJ, "norm": "linf"}
-
-
-class TestBoundary(AttackContract):
-    attack_id = "boundary"
-    params = BOUNDARY
-    samples = 32
-
-
-class TestSubstitute(AttackContract):
-    attack_id = "substitute"
-    params = SUBSTITUTE
+SUBSTITUTE = {"rounds": 3, "epochs": 10, "inner": {"id": "pgd", "params": {"steps": 10, "rel_step_size": 0.25}}}
 
 
 CASES = [("hopskipjump", HSJ, None), ("boundary", {**BOUNDARY, "steps": 30}, None),
@@ -166,4 +144,4 @@ def test_substitute_rejects_a_mismatched_inner_attack():
     with pytest.raises(Exception, match="did you mean 'pgd'"):
         make("substitute", inner="pgdd")
     with pytest.raises(Exception, match="norm linf"):
-        make("substitute", inner_params={"norm": "l2"})
+        make("substitute", inner={"id": "pgd", "params": {"norm": "l2"}})

@@ -17,7 +17,7 @@ import arena
 from arena.attack import FixedBudgetAttack
 from arena.plugin import PluginConfig
 from arena.threat import Knowledge
-from arena.tournament.config import parse_tournament
+from arena.tournament.plan import parse_tournament
 from arena.tournament.runner import Runner
 from arena.tournament.store import Store
 
@@ -73,7 +73,7 @@ def test_each_fault_fails_only_its_own_match(tmp_path):
         {"id": "sleeper", "budgets": [0.1], "timeout": 1.0}, {"id": "nans", "budgets": [0.1]},
         {"id": "hungry", "budgets": [0.1]}, {"id": "fgsm", "budgets": [0.1]}]}, reg)
     store = Store(tmp_path / "f.db")
-    run_id = Runner(cfg, reg, store, cache_dir=tmp_path / "c", progress=False).run()
+    run_id = Runner(cfg, store, cache_dir=tmp_path / "c", progress=False).run()
     rows = {r["attack"]: r for r in store.matches(run_id)}
     assert rows["sleeper"]["status"] == "timed-out" and "time limit of 1 s" in rows["sleeper"]["error"]
     assert rows["nans"]["status"] == "failed" and "NaN" in rows["nans"]["error"]

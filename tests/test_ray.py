@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import arena
-from arena.tournament.config import parse_tournament
+from arena.tournament.plan import parse_tournament
 from arena.tournament.executors import RayExecutor
 from arena.tournament.runner import Runner
 from arena.tournament.store import Store
@@ -28,11 +28,11 @@ def test_ray_and_local_executors_agree(tmp_path):
     reg = arena.load_plugins()
     cfg = parse_tournament(CONFIG, reg)
     local = Store(tmp_path / "local.db")
-    local_id = Runner(cfg, reg, local, cache_dir=tmp_path / "c1", progress=False).run()
+    local_id = Runner(cfg, local, cache_dir=tmp_path / "c1", progress=False).run()
     pool = RayExecutor(num_cpus=1)
     try:
         remote = Store(tmp_path / "ray.db")
-        remote_id = Runner(cfg, reg, remote, cache_dir=tmp_path / "c2", progress=False, executor=pool).run()
+        remote_id = Runner(cfg, remote, cache_dir=tmp_path / "c2", progress=False, executor=pool).run()
         workers = {n["NodeID"] for n in ray.nodes()}
     finally:
         pool.close()

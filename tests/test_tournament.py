@@ -16,9 +16,9 @@ import arena
 from arena.attack import FixedBudgetAttack
 from arena.defense import DetectorDefense
 from arena.leaderboard import tables
-from arena.tournament.config import load_tournament
+from arena.tournament.plan import load_tournament
 from arena.tournament.runner import Runner
-from arena.tournament.store import Store, decode_mask
+from arena.tournament.store import Store
 
 TOURNAMENT = """
 name = "tiny"
@@ -107,7 +107,7 @@ def write(tmp_path, extra_defenses="", extra_attacks="", name="t.toml"):
 
 def run(path, reg, db, cache, resume=False):
     store = Store(db)
-    run_id = Runner(load_tournament(path, reg), reg, store, cache_dir=cache, progress=False).run(resume=resume)
+    run_id = Runner(load_tournament(path, reg), store, cache_dir=cache, progress=False).run(resume=resume)
     return store, run_id
 
 
@@ -127,7 +127,7 @@ def test_every_match_is_stored(finished):
     models = {m["defense"]: m for m in store.models(run_id)}
     assert models["standard"]["clean_accuracy"] > 0.85 and models["gda"]["clean_accuracy"] > 0.8
     ok = [r for r in rows if r["attack"] != "explodes"]
-    assert all(r["status"] == "ok" and len(decode_mask(r["robust_mask"])) == 60 for r in ok)
+    assert all(r.status == "ok" and len(r.robust_mask) == 60 for r in ok)
     assert store.run(run_id)["status"] == "finished"
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from arena.tournament.config import load_tournament
+from arena.tournament.plan import load_tournament
 
 FILES = sorted((Path(__file__).parent.parent / "tournaments").glob("*.toml"))
 

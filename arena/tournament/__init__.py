@@ -1,4 +1,5 @@
-"""Tournaments: a TOML file of defenses and attacks, expanded into matches and run."""
-from arena.tournament.config import TournamentConfig, load_tournament
+"""Tournaments: a TOML file of defenses and attacks, resolved into a plan, expanded into matches and run."""
+from arena.tournament.config import TournamentConfig
+from arena.tournament.plan import Plan, load_tournament, parse_tournament
 
-__all__ = ["TournamentConfig", "load_tournament"]
+__all__ = ["Plan", "TournamentConfig", "load_tournament", "parse_tournament"]

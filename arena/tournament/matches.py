@@ -17,14 +17,13 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from arena.attack import Attack, off_target
 from arena.data import Split
 from arena.defense import Defense, DetectorDefense
 from arena.errors import ArenaError
-from arena.model import default_device, torch_threads_for
-from arena.registry import Registry
-from arena.threat import Knowledge
+from arena.model import default_device, seeded, torch_threads_for
+from arena.threat import within
 from arena.training import predict
+from arena.tournament.plan import AttackPlan
 from arena.tournament.store import MatchRow, encode_mask
 
 
@@ -48,18 +47,15 @@ class Entrant:
 
 @dataclass(frozen=True)
 class MatchSpec:
-    """Which attack, with what parameters, at which budgets, under which limits."""
+    """Which planned attack, at which of its budgets, under which limits."""
 
-    attack: str
-    attack_id: str
-    params: dict[str, Any]
+    attack: AttackPlan
     budgets: tuple[float, ...]
     seed: int
     batch_size: int
     timeout: float | None = None
     save_examples: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
-    view: str | None = None  # "gray-box": attack the base classifier only
 
 
 @dataclass
@@ -87,29 +83,16 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Torch's generator seeded with ``seed`` inside the block and restored after it, so that a
-    randomised defended model (NAC) answers the same in a fresh, cached or resumed run."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def run_match(registry: Registry, entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
+def run_match(entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
     """Run ``spec`` against ``entrant`` on the evaluation ``data``; never raises for plugin faults."""
     device = default_device()
     entrant.model.to(device)
-    cls = registry.get("attacks", spec.attack_id)
-    gray = cls.knowledge is Knowledge.GRAY_BOX or spec.view == "gray-box"
-    attack: Attack = cls(**(off_target(cls, spec.params) if gray else spec.params))
-    runs = [(None, spec.budgets)] if attack.minimal else [(b, (b,)) for b in spec.budgets]
     rows, examples = [], {}
-    for eps, served in runs:
+    for eps, served in spec.attack.runs(spec.budgets):
         started, t0 = time.time(), time.perf_counter()
         try:
             with time_limit(spec.timeout), torch_threads_for(entrant.model):
-                out = _attack(entrant, attack, eps, spec, data, device)
+                out = _attack(entrant, eps, spec, data, device)
             status, error = "ok", None
         except MatchTimeout as exc:
             out, status, error = None, "timed-out", str(exc)
@@ -117,7 +100,7 @@ def run_match(registry: Registry, entrant: Entrant, spec: MatchSpec, data: Split
             out, status, error = None, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
         wall = (time.perf_counter() - t0) / len(served)
         for budget in served:
-            row = _row(entrant.label, spec, attack, budget, status, error, wall, started)
+            row = _row(entrant.label, spec, budget, status, error, wall, started)
             if out is not None:
                 _score(row, out, budget, entrant)
             rows.append(row)
@@ -126,11 +109,11 @@ def run_match(registry: Registry, entrant: Entrant, spec: MatchSpec, data: Split
     return MatchOutcome(rows, {**examples, "index": out["idx"]} if examples and out else None)
 
 
-def _attack(entrant: Entrant, attack: Attack, eps: float | None, spec: MatchSpec, data: Split,
+def _attack(entrant: Entrant, eps: float | None, spec: MatchSpec, data: Split,
             device: torch.device) -> dict[str, torch.Tensor]:
     """Attack the correctly classified samples in batches; judge on the full defended model."""
-    gray = attack.knowledge is Knowledge.GRAY_BOX or spec.view == "gray-box"
-    victim = entrant.base if gray else entrant.model
+    attack = spec.attack.attack
+    victim = entrant.base if spec.attack.view.off_target else entrant.model
     idx = torch.nonzero(entrant.clean_correct).flatten()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("fooled", "detected", "distance", "queries", "x_adv")}
     for b, start in enumerate(range(0, len(idx), spec.batch_size)):
@@ -155,24 +138,32 @@ def _attack(entrant: Entrant, attack: Attack, eps: float | None, spec: MatchSpec
     return out
 
 
-def _row(defense: str, spec: MatchSpec, attack: Attack, budget: float, status: str, error: str | None,
-         wall: float, started: float, knowledge: str | None = None) -> MatchRow:
-    return MatchRow(defense=defense, attack=spec.attack, budget=budget, attack_id=spec.attack_id,
+def _row(defense: str, spec: MatchSpec, budget: float, status: str, error: str | None,
+         wall: float, started: float) -> MatchRow:
+    plan, attack = spec.attack, spec.attack.attack
+    return MatchRow(defense=defense, attack=plan.label, budget=budget, attack_id=plan.id,
                     attack_config=attack.config.model_dump(mode="json"), norm=attack.threat_norm.value,
-                    knowledge=knowledge or spec.view or attack.knowledge.value, status=status, error=error,
+                    knowledge=plan.view.knowledge(attack), status=status, error=error,
                     wall_seconds=wall, started=started, finished=time.time(), provenance=spec.provenance)
 
 
-def craft_transfer(registry: Registry, surrogate: Entrant, spec: MatchSpec, data: Split) -> dict[float, Any]:
+def failed_rows(defense: str, plan: AttackPlan, budgets: tuple[float, ...], reason: str) -> list[MatchRow]:
+    """The rows of matches that could not run (the defense was not built, or a task crashed)."""
+    attack = plan.attack
+    return [MatchRow(defense=defense, attack=plan.label, budget=b, attack_id=plan.id,
+                     attack_config=attack.config.model_dump(mode="json"), norm=attack.threat_norm.value,
+                     knowledge=plan.view.knowledge(attack), status="failed", error=reason.splitlines()[0])
+            for b in budgets]
+
+
+def craft_transfer(surrogate: Entrant, spec: MatchSpec, data: Split) -> dict[float, Any]:
     """Transfer examples crafted once on ``surrogate`` for every evaluated sample and budget:
     ``{budget: (x_adv, distance)}``, or ``{budget: error text}`` where crafting failed."""
     device = default_device()
     surrogate.model.to(device)
-    cls = registry.get("attacks", spec.attack_id)
-    attack: Attack = cls(**off_target(cls, spec.params))
-    runs = [(None, spec.budgets)] if attack.minimal else [(b, (b,)) for b in spec.budgets]
+    attack = spec.attack.attack
     crafted: dict[float, Any] = {}
-    for eps, served in runs:
+    for eps, served in spec.attack.runs(spec.budgets):
         try:
             with time_limit(spec.timeout):
                 parts = [attack(surrogate.model, data.x[i:i + spec.batch_size].to(device),
@@ -185,23 +176,21 @@ def craft_transfer(registry: Registry, surrogate: Entrant, spec: MatchSpec, data
     return crafted
 
 
-def score_transfer(registry: Registry, entrant: Entrant, spec: MatchSpec, crafted: dict[float, Any],
-                   data: Split) -> MatchOutcome:
+def score_transfer(entrant: Entrant, spec: MatchSpec, crafted: dict[float, Any], data: Split) -> MatchOutcome:
     """Judge transfer examples on ``entrant``: the target model is never queried while crafting."""
-    attack: Attack = registry.get("attacks", spec.attack_id)(**spec.params)
     device, rows = default_device(), []
     idx = torch.nonzero(entrant.clean_correct).flatten()
     for budget in spec.budgets:
         started, item = time.time(), crafted[budget]
         if isinstance(item, str):
-            rows.append(_row(entrant.label, spec, attack, budget, "failed", item, 0.0, started, "black-box"))
+            rows.append(_row(entrant.label, spec, budget, "failed", item, 0.0, started))
             continue
         x_adv, distance = item[0][idx].to(device), item[1][idx]
         with seeded(spec.seed, device), torch.no_grad():
             fooled = (predict(entrant.model, x_adv).argmax(1).cpu() != data.y[idx])
             flagged = (entrant.detector.detect(entrant.model, x_adv).cpu() if entrant.detector is not None
                        else torch.zeros(len(idx), dtype=torch.bool))
-        row = _row(entrant.label, spec, attack, budget, "ok", None, 0.0, started, "black-box")
+        row = _row(entrant.label, spec, budget, "ok", None, 0.0, started)
         _score(row, {"idx": idx, "fooled": fooled, "detected": flagged, "distance": distance,
                      "queries": torch.zeros(len(idx))}, budget, entrant)
         rows.append(row)
@@ -210,8 +199,7 @@ def score_transfer(registry: Registry, entrant: Entrant, spec: MatchSpec, crafte
 
 def _score(row: MatchRow, out: dict[str, torch.Tensor], budget: float, entrant: Entrant) -> None:
     fooled, distance = out["fooled"].bool(), out["distance"]
-    within = distance <= budget * (1 + 1e-5) + 1e-7
-    broken = fooled & within & ~out["detected"].bool() if len(fooled) else fooled
+    broken = fooled & within(distance, budget) & ~out["detected"].bool() if len(fooled) else fooled
     robust = entrant.clean_correct.clone()
     robust[out["idx"]] = ~broken
     row.robust_accuracy = float(robust.float().mean())

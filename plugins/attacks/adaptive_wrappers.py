@@ -3,40 +3,23 @@ defenses), ``bpda`` (differentiable stand-ins for non-differentiable preprocessi
 ``repeated`` (seed 004's attacker of repeated DLN rounds). Registered by
 :mod:`arena_builtins.attacks.adaptive`.
 
-A wrapper builds its inner attack through the installed plugins and runs the inner attack's
+A wrapper builds its inner attack from its reference (resolved against the registry that
+built the wrapper) and runs the inner attack's
 ``run`` on a surrogate module (averaged, or BPDA) that it builds from the declared adaptive hooks
 of the model it is given (``randomized``, ``bpda_forward``), never from a defense's internals.
 The harness around the wrapper still projects, measures and judges on the real model.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
-from arena import load_plugins
 from arena.attack import Attack, RunOutput
-from arena.errors import ConfigError
-from arena.plugin import PluginConfig
+from arena.plugin import AttackRef, PluginConfig
 from arena.threat import Knowledge, Norm
-
-
-@functools.lru_cache(maxsize=1)
-def _registry():
-    return load_plugins()
-
-
-def build_inner(owner: str, inner: str, params: dict[str, Any]) -> Attack:
-    """The inner attack ``inner`` configured with ``params``; it must use gradients (white-box
-    or adaptive), since the wrapper hands it a module, not a query oracle."""
-    attack = _registry().make_attack(inner, **params)
-    if attack.knowledge not in (Knowledge.WHITE_BOX, Knowledge.ADAPTIVE):
-        raise ConfigError(f"attack '{owner}': inner attack '{inner}' is {attack.knowledge.value}; "
-                          "it needs a white-box (gradient) attack")
-    return attack
 
 
 def unpack(out: Any, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,8 +65,18 @@ class BPDAModule(nn.Module):
 
 
 class WrapperConfig(PluginConfig):
-    inner: str = Field("cw-l2", description="id of the white-box attack to run")
-    inner_params: dict[str, Any] = Field(default_factory=dict, description="its configuration")
+    inner: AttackRef = Field("cw-l2", validate_default=True,
+                             description="the white-box attack to run: an id, or {id, params}")
+
+    @field_validator("inner")
+    @classmethod
+    def _gradient_attack(cls, ref: AttackRef) -> AttackRef:
+        """The inner attack must use gradients (white-box or adaptive): the wrapper hands it a
+        module, not a query oracle."""
+        knowledge = ref.cls.knowledge
+        if knowledge not in (Knowledge.WHITE_BOX, Knowledge.ADAPTIVE):
+            raise ValueError(f"inner attack '{ref.id}' is {knowledge.value}; it needs a white-box (gradient) attack")
+        return ref
 
 
 class Wrapper(Attack):
@@ -96,7 +89,7 @@ class Wrapper(Attack):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.inner = build_inner(self.id, self.config.inner, self.config.inner_params)
+        self.inner: Attack = self.config.inner.build()
         self.minimal = self.inner.minimal
         self.supports_targeted = self.inner.supports_targeted
 
@@ -141,7 +134,8 @@ class EOT(Wrapper):
 
 
 class BPDAConfig(WrapperConfig):
-    inner: str = Field("pgd", description="id of the white-box attack to run")
+    inner: AttackRef = Field("pgd", validate_default=True,
+                             description="the white-box attack to run: an id, or {id, params}")
 
 
 class BPDA(Wrapper):
@@ -160,8 +154,17 @@ class BPDA(Wrapper):
 
 
 class RepeatedConfig(WrapperConfig):
-    inner: str = Field("fgsm", description="id of the fixed-budget white-box attack to repeat")
+    inner: AttackRef = Field("fgsm", validate_default=True,
+                             description="the fixed-budget white-box attack to repeat: an id, or {id, params}")
     rounds: int = Field(1, ge=1, description="attack rounds; round r > 0 starts from round r-1's output")
+
+    @field_validator("inner")
+    @classmethod
+    def _fixed_budget(cls, ref: AttackRef) -> AttackRef:
+        if ref.build().minimal:
+            raise ValueError(f"inner attack '{ref.id}' is a minimal-perturbation attack; repeated rounds "
+                             "need a fixed-budget one")
+        return ref
 
 
 class Repeated(Wrapper):
@@ -182,12 +185,6 @@ class Repeated(Wrapper):
     id: ClassVar[str] = "repeated"
     norm: ClassVar[Norm] = Norm.LINF
     Config = RepeatedConfig
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        if self.inner.minimal:
-            raise ConfigError(f"attack '{self.id}': inner attack '{self.config.inner}' is a minimal-"
-                              "perturbation attack; repeated rounds need a fixed-budget one")
 
     def run(self, model, x, y, eps, targets):
         norm, view = self.inner.threat_norm, (-1,) + (1,) * (x.dim() - 1)

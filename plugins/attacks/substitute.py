@@ -7,8 +7,7 @@ asked exactly once for every labelled point and never for anything else.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from pydantic import Field, model_validator
@@ -19,16 +18,9 @@ from arena.attack import Attack, FixedBudgetAttack, off_target
 from arena.data import Split
 from arena.errors import ConfigError
 from arena.model import QueryOracle
-from arena.plugin import PluginConfig
-from arena.registry import Registry, load_plugins
+from arena.plugin import ArchitectureRef, AttackRef, PluginConfig
 from arena.threat import Knowledge, Norm
 from arena.training import fit
-
-
-@functools.lru_cache(maxsize=1)
-def plugin_registry() -> Registry:
-    """The installed plugins, loaded once: where the inner attack and the architecture come from."""
-    return load_plugins()
 
 
 class SubstituteConfig(PluginConfig):
@@ -39,34 +31,31 @@ class SubstituteConfig(PluginConfig):
     tau: int | None = Field(None, ge=1, description="flip λ's sign every τ rounds (§6: 3); None: never")
     reservoir: int | None = Field(None, ge=1, description="κ: from round σ on, augment κ points (§6)")
     reservoir_after: int = Field(3, ge=1, description="σ: rounds of full augmentation first")
-    architecture: str = Field("digits-cnn", description="substitute architecture id")
-    architecture_params: dict[str, Any] = Field(default_factory=dict)
+    architecture: ArchitectureRef = Field("digits-cnn", validate_default=True,
+                                          description="substitute architecture: an id, or {id, params}")
     num_classes: int = Field(10, ge=2, description="K: a labels-only oracle does not reveal it")
     epochs: int = Field(10, ge=1, description="training epochs per round (paper: 10)")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    inner: str = Field("pgd", description="white-box attack crafted against the substitute")
-    inner_params: dict[str, Any] = Field(default_factory=dict)
+    inner: AttackRef = Field("pgd", validate_default=True,
+                             description="white-box attack crafted against the substitute: an id, or {id, params}")
     max_queries: int | None = Field(None, ge=1, description="per-sample query budget")
 
     @model_validator(mode="after")
-    def _known_plugins(self) -> "SubstituteConfig":
-        inner_attack(self)
-        plugin_registry().get("architectures", self.architecture)(**self.architecture_params)
+    def _inner_norm(self) -> "SubstituteConfig":
+        attack = inner_attack(self)
+        if attack.threat_norm is not self.norm:
+            raise ValueError(f"inner attack '{self.inner.id}' works in {attack.threat_norm.value}, "
+                             f"not the substitute's norm {self.norm.value}")
         return self
 
 
 def inner_attack(cfg: SubstituteConfig) -> Attack:
-    """The inner attack, with the substitute's norm unless ``inner_params`` names one."""
-    registry = plugin_registry()
-    params = dict(cfg.inner_params)
-    if "norm" in registry.get("attacks", cfg.inner).Config.model_fields:
+    """The inner attack, with the substitute's norm unless its params name one."""
+    params = dict(cfg.inner.params)
+    if "norm" in cfg.inner.cls.Config.model_fields:
         params.setdefault("norm", cfg.norm)
-    attack = registry.make_attack(cfg.inner, **off_target(registry.get("attacks", cfg.inner), params))
-    if attack.threat_norm is not cfg.norm:
-        raise ConfigError(f"inner attack '{cfg.inner}' works in {attack.threat_norm.value}, "
-                          f"not the substitute's norm {cfg.norm.value}")
-    return attack
+    return cfg.inner.build(**off_target(cfg.inner.cls, params))
 
 
 def within_budget(owner: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
@@ -150,7 +139,7 @@ class Substitute(FixedBudgetAttack):
 
     def _build(self, x: torch.Tensor) -> nn.Module:
         cfg = self.config
-        arch = plugin_registry().make_architecture(cfg.architecture, **cfg.architecture_params)
+        arch = cfg.architecture.build()
         return arch.build(tuple(x.shape[1:]), cfg.num_classes).to(x.device)
 
     def _train(self, sub: nn.Module, points: torch.Tensor, labels: torch.Tensor) -> None:

@@ -11,47 +11,39 @@ variants (seed 002 Tables 3-4).
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from arena import hookimpl, load_plugins
+from arena import hookimpl
 from arena.defense import TrainingConfig, TrainingDefense
-from arena.errors import ConfigError
-from arena.plugin import PluginConfig
-from arena.registry import Registry
-
-
-@functools.lru_cache(maxsize=1)
-def _registry() -> Registry:
-    """The installed plugins, loaded on first use (never at import: this module is a plugin)."""
-    return load_plugins()
+from arena.plugin import AttackRef, PluginConfig
 
 
 class AdversarialSpec(PluginConfig):
     """Which attack crafts the adversarial part of each batch, at what budget, in what share."""
 
-    attack: str = Field("pgd", description="id of any installed attack plugin")
-    attack_params: dict[str, Any] = Field(default_factory=dict, description="the attack's config")
+    attack: AttackRef = Field("pgd", validate_default=True,
+                              description="any installed attack plugin: an id, or {id, params}")
     eps: float | None = Field(0.3, gt=0, description="budget in the attack's norm; None only for minimal attacks")
     ratio: float = Field(0.5, ge=0, le=1, description="weight r of the adversarial term (0.5 Goodfellow, 1 Madry)")
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> "AdversarialSpec":
+        if self.eps is None and not self.attack.build().minimal:
+            raise ValueError(f"attack '{self.attack.id}' has a fixed budget and needs eps")
+        return self
 
 
 class AdversarialGenerator:
     """Crafts adversarial examples for training with an attack plugin, through its harness."""
 
-    def __init__(self, spec: AdversarialSpec, owner: str) -> None:
+    def __init__(self, spec: AdversarialSpec) -> None:
         self.spec = spec
-        try:
-            self.attack = _registry().make_attack(spec.attack, **spec.attack_params)
-        except ConfigError as exc:
-            raise ConfigError(f"defense '{owner}': {exc}") from None
-        if spec.eps is None and not self.attack.minimal:
-            raise ConfigError(f"defense '{owner}': attack '{spec.attack}' has a fixed budget and needs eps")
+        self.attack = spec.attack.build()
 
     def examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of ``x`` (detached); the harness restores the model's mode."""
@@ -89,7 +81,7 @@ class AdversarialTraining(TrainingDefense):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.generator = AdversarialGenerator(self.config, self.id)
+        self.generator = AdversarialGenerator(self.config)
 
     def loss(self, model, x, y):
         if self.config.ratio == 0:
@@ -99,8 +91,15 @@ class AdversarialTraining(TrainingDefense):
 
 
 class FGSMATConfig(AdversarialTrainingConfig):
-    attack: Literal["fgsm"] = "fgsm"
+    attack: AttackRef = Field("fgsm", validate_default=True, description="FGSM, with its params if any")
     eps: float = Field(0.3, gt=0, description="L∞ budget: 0.3 for MNIST-like data, 0.05 for CIFAR-10")
+
+    @field_validator("attack")
+    @classmethod
+    def _fgsm_only(cls, ref: AttackRef) -> AttackRef:
+        if ref.id != "fgsm":
+            raise ValueError(f"fgsm-at crafts with 'fgsm', not '{ref.id}' (use adversarial-training)")
+        return ref
 
 
 class FGSMAdversarialTraining(AdversarialTraining):

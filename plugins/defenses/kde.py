@@ -13,6 +13,7 @@ from arena import hookimpl
 from arena.data import Split
 from arena.defense import DetectorDefense
 from arena.errors import ConfigError
+from arena.model import model_device
 
 
 @contextmanager
@@ -73,7 +74,7 @@ class KernelDensity(DetectorDefense):
     def fit(self, model: nn.Module, data: Split, *, seed: int = 42) -> None:
         """Per-class kernel points from ``data``, then the threshold at the ``1 - fpr`` quantile
         of the training samples' leave-one-out scores (see :meth:`calibration_scores`)."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         with eval_mode(model), torch.no_grad():
             parts = [self._embed_and_predict(model, data.x[i:i + self.config.batch_size].to(device))
                      for i in range(0, len(data), self.config.batch_size)]
@@ -118,7 +119,7 @@ class KernelDensity(DetectorDefense):
     def score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not self.kernels:
             raise ConfigError(f"defense '{self.id}': call fit(model, data) before score()")
-        device = next(model.parameters()).device
+        device = model_device(model)
         step, chunks = self.config.batch_size, []
         with eval_mode(model), torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
             for i in range(0, x.shape[0], step):

@@ -6,31 +6,45 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from arena import hookimpl
 from arena.data import DataSplits
 from arena.defense import PretrainedDefense
-from arena.errors import ConfigError, did_you_mean
+from arena.errors import ConfigError
 from arena.model import Architecture
-from arena.plugin import PluginConfig
+from arena.plugin import BackendRef, PluginConfig, active_registry
 
 
 class ModelFileConfig(PluginConfig):
     path: str = Field(description="the model file (relative to the working directory)")
-    backend: str | None = Field(None, description="backend id (torch, keras); None: by the file's suffix")
+    backend: BackendRef = Field(description="the backend (torch, keras) as an id or {id, params}; "
+                                "left out: the backend that reads the file's suffix")
     keras_backend: Literal["tensorflow", "torch"] | None = Field(
         None, description="Keras backend to run a Keras file on; must match the process (KERAS_BACKEND)")
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="further backend options (keras: input_scale, outputs)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_by_suffix(cls, data: Any) -> Any:
+        """No backend named: the registered backend that reads the file's suffix."""
+        if not isinstance(data, dict) or data.get("backend") is not None or not isinstance(data.get("path"), str):
+            return data
+        suffix = Path(data["path"]).suffix.lower()
+        table = active_registry().backends
+        for backend_id, backend in table.items():
+            if suffix in backend.suffixes:
+                return {**data, "backend": backend_id}
+        known = ", ".join(f"{s} ({b})" for b, c in table.items() for s in c.suffixes)
+        raise ValueError(f"no backend reads '{suffix}' files ({data['path']}); known: {known}")
 
-def backend_classes() -> dict[str, type]:
-    """The registered backends, by id (the registry of the installed plugins)."""
-    from arena.registry import load_plugins
-
-    return dict(load_plugins().backends)
+    @model_validator(mode="after")
+    def _keras_backend_applies(self) -> "ModelFileConfig":
+        if self.keras_backend is not None and "keras_backend" not in self.backend.cls.Config.model_fields:
+            raise ValueError(f"keras_backend set for a {self.backend.id} file ({self.path})")
+        return self
 
 
 class ModelFile(PretrainedDefense):
@@ -55,35 +69,19 @@ class ModelFile(PretrainedDefense):
         path = Path(cfg.path).expanduser()
         if not path.is_file():
             raise ConfigError(f"defense '{self.id}': model file not found: {path}")
-        backend_id, cls = self._backend(path)
         options = dict(cfg.options)
         if cfg.keras_backend is not None:
-            if "keras_backend" not in getattr(cls.Config, "model_fields", {}):
-                raise ConfigError(f"defense '{self.id}': keras_backend set for a {backend_id} file ({path})")
             options["keras_backend"] = cfg.keras_backend
-        backend = cls(**options)
+        backend = cfg.backend.build(**options)
         template = None
-        if getattr(cls, "needs_template", True):
+        if getattr(backend, "needs_template", True):
             template = architecture.build(data.input_shape, data.num_classes)
         model = backend.load(path, template)
         _check_outputs(model, data, path)
         describe = getattr(model, "describe", None)
-        self.provenance = {"backend": backend_id, "sha256": _sha256(path),
+        self.provenance = {"backend": cfg.backend.id, "sha256": _sha256(path),
                            **(describe() if callable(describe) else {})}
         return model
-
-    def _backend(self, path: Path) -> tuple[str, type]:
-        table = backend_classes()
-        wanted = self.config.backend
-        if wanted is not None:
-            if wanted not in table:
-                raise ConfigError(f"defense '{self.id}': unknown backend '{wanted}'{did_you_mean(wanted, table)}")
-            return wanted, table[wanted]
-        for backend_id, cls in table.items():
-            if path.suffix.lower() in cls.suffixes:
-                return backend_id, cls
-        known = ", ".join(f"{s} ({b})" for b, c in table.items() for s in c.suffixes)
-        raise ConfigError(f"defense '{self.id}': no backend reads '{path.suffix}' files ({path}); known: {known}")
 
 
 def _check_outputs(model: nn.Module, data: DataSplits, path: Path) -> None:

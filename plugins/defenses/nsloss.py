@@ -39,6 +39,7 @@ from arena import hookimpl
 from arena.data import DataSplits, Split
 from arena.defense import TrainingDefense
 from arena.errors import ArenaError
+from arena.model import model_device
 from arena.training import fit
 from arena_builtins.defenses.regularizers import PresetConfig, jacobian_penalty
 
@@ -274,7 +275,7 @@ class CalibratedDefense(TrainingDefense):
         """R_t0: the mean of R_t over ``batches`` random training batches (training mode)."""
         bs, was_training = self.config.batch_size, model.training
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-        device = next(model.parameters()).device
+        device = model_device(model)
         model.train()
         values = []
         for b in range(min(batches, math.ceil(len(train) / bs))):

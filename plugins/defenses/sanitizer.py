@@ -2,22 +2,19 @@
 classifier, repeated over rounds of attack and retraining, and its combination with NAC."""
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from arena import hookimpl, load_plugins
+from arena import hookimpl
 from arena.attack import Attack
 from arena.data import DataSplits, Split
 from arena.defense import DefendedModel, InferenceDefense
-from arena.model import model_device
-from arena.plugin import PluginConfig
+from arena.model import frozen, model_device
+from arena.plugin import AttackRef, PluginConfig
 from arena.training import fit
 from arena_builtins.defenses.noise import SIGMA, noisy_logits
 
@@ -81,27 +78,6 @@ class NoisySanitizedModel(SanitizedModel):
         return noisy_logits(super().forward(x), self.sigma)
 
 
-@functools.lru_cache(maxsize=1)
-def _registry():
-    return load_plugins()
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode without parameter gradients; mode and flags restored afterwards."""
-    was_training, params = model.training, list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
 def attack_split(attack: Attack, model: nn.Module, data: Split, eps: float, seed: int) -> tuple[torch.Tensor, float]:
     """Adversarial examples of every sample of ``data`` against ``model`` (batch b seeded
     ``seed + b``), on the CPU, and the model's accuracy on them."""
@@ -116,9 +92,8 @@ def attack_split(attack: Attack, model: nn.Module, data: Split, eps: float, seed
 
 
 class DLNConfig(PluginConfig):
-    attack: str = Field("fgsm", description="attack plugin id that generates the DLN's training data")
-    attack_params: dict[str, Any] = Field(default_factory=dict,
-                                          description="config of that attack (FGSM's default norm is L∞)")
+    attack: AttackRef = Field("fgsm", validate_default=True, description="the attack plugin that generates the "
+                              "DLN's training data: an id, or {id, params} (FGSM's default norm is L∞)")
     eps: float = Field(0.3, gt=0, description="its budget (FGSM's default ε = 0.3 in L∞)")
     rounds: int = Field(1, ge=1, description="repeated DLN: attack D_{i-1}→C and retrain, this many times")
     epochs: int = Field(5, ge=1, description="epochs over the (growing) DLN training set per round")
@@ -150,7 +125,7 @@ class DLN(InferenceDefense):
         if not train:  # the structure only: a tournament restores the trained state from its cache
             return self._deploy(defended).eval()
         split = data.train.take(cfg.samples, seed)
-        attack = _registry().make_attack(cfg.attack, **cfg.attack_params)
+        attack = cfg.attack.build()
         pool: list[torch.Tensor] = []
         with frozen(model):
             for r in range(cfg.rounds):

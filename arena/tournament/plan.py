@@ -1,0 +1,285 @@
+"""The resolved plan of a tournament: every entry of the file validated once, against one registry.
+
+``load_tournament`` reads a file, validates it (:mod:`arena.tournament.config`) and resolves it
+into a :class:`Plan`: each defense built once with its params over the ``[training]`` defaults,
+each attack built once with ``minimal`` and its budgets (∞ added for a minimal attack) decided
+here, each attack's threat view a single typed value (direct, gray-box, or transfer from a named
+surrogate), and every plugin a plugin names (an attack inside adversarial training, a substitute's
+architecture, a model file's backend) resolved against the same registry. The runner, the
+matches and the store consume the plan and never validate again.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from arena.attack import Attack, off_target
+from arena.defense import Defense
+from arena.errors import ConfigError, did_you_mean
+from arena.plugin import ArchitectureRef, DatasetRef, PluginRef
+from arena.registry import Registry
+from arena.threat import Knowledge
+from arena.tournament.config import AttackEntry, DefenseEntry, PluginEntry, TournamentConfig, read_tournament
+
+UNBOUNDED = math.inf
+
+
+class View(str, Enum):
+    """Which model an attack crafts on: the judged model itself, its base classifier without the
+    inference-time parts (gray-box, seed 003 App. D), or another entrant (transfer)."""
+
+    DIRECT = "direct"
+    GRAY_BOX = "gray-box"
+    TRANSFER = "transfer"
+
+
+@dataclass(frozen=True)
+class ThreatView:
+    """An attack's view of the defenses it faces; ``surrogate`` names the crafting entrant of a
+    transfer attack."""
+
+    kind: View = View.DIRECT
+    surrogate: str | None = None
+
+    @property
+    def off_target(self) -> bool:
+        """Examples are crafted on a model other than the one that judges them."""
+        return self.kind is not View.DIRECT
+
+    def knowledge(self, attack: Attack) -> str:
+        """What a match row records as the attack's knowledge (a transfer attack never queries
+        its target: black-box)."""
+        if self.kind is View.TRANSFER:
+            return Knowledge.BLACK_BOX.value
+        return View.GRAY_BOX.value if self.kind is View.GRAY_BOX else attack.knowledge.value
+
+    def threat_model(self, attack: Attack) -> str:
+        """The threat model a result is shown under: its knowledge, or ``transfer``."""
+        return View.TRANSFER.value if self.kind is View.TRANSFER else self.knowledge(attack)
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """One attack entry, resolved: the instance that crafts (built once; with ``early_stop`` off
+    when it crafts off target), its budgets (∞ included for a minimal attack), view and limits."""
+
+    label: str
+    id: str
+    params: dict[str, Any]
+    attack: Attack
+    budgets: tuple[float, ...]
+    view: ThreatView
+    timeout: float | None
+    against: tuple[str, ...] | None
+
+    @property
+    def minimal(self) -> bool:
+        return bool(self.attack.minimal)
+
+    def faces(self, defense: str) -> bool:
+        """Whether this attack is run against the defense entry labelled ``defense``."""
+        return self.against is None or defense in self.against
+
+    def runs(self, budgets: tuple[float, ...]) -> list[tuple[float | None, tuple[float, ...]]]:
+        """The attack calls that serve ``budgets``: one unbounded call for a minimal attack, one
+        call per budget otherwise, each with the budgets it serves."""
+        return [(None, budgets)] if self.minimal else [(b, (b,)) for b in budgets]
+
+
+@dataclass(frozen=True)
+class DefensePlan:
+    """One defense entry, resolved: the defense built once (its params over ``[training]`` for a
+    training-time defense) and the architecture it builds on."""
+
+    label: str
+    id: str
+    defense: Defense
+    architecture: ArchitectureRef
+    on: str | None
+    finetune_from: str | None
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        return tuple(r for r in (self.on, self.finetune_from) if r)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A tournament resolved against ``registry``; defenses in dependency order."""
+
+    config: TournamentConfig
+    registry: Registry
+    dataset: DatasetRef
+    architecture: ArchitectureRef
+    defenses: tuple[DefensePlan, ...]
+    attacks: tuple[AttackPlan, ...]
+    source: str = "<tournament>"
+    _by_label: dict[str, DefensePlan] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_label.update({d.label: d for d in self.defenses})
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def digest(self) -> str:
+        return self.config.digest()
+
+    def defense(self, label: str) -> DefensePlan:
+        return self._by_label[label]
+
+    def levels(self) -> list[list[DefensePlan]]:
+        """Defenses grouped into levels whose members do not depend on each other."""
+        depth: dict[str, int] = {}
+        for d in self.defenses:
+            depth[d.label] = 1 + max((depth[r] for r in d.parents), default=-1)
+        return [[d for d in self.defenses if depth[d.label] == k] for k in range(max(depth.values(), default=-1) + 1)]
+
+
+def load_tournament(path: str | Path, registry: Registry) -> Plan:
+    """Read, validate and resolve a tournament file; ConfigError names the file and the field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such tournament file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_tournament(data, registry, source=str(path))
+
+
+def parse_tournament(data: dict[str, Any], registry: Registry, source: str = "<tournament>") -> Plan:
+    """Validate ``data`` (a parsed tournament file) and resolve it into a :class:`Plan`."""
+    cfg = read_tournament(data, source)
+    try:
+        with registry.resolving():
+            return _resolve(cfg, registry, source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _resolve(cfg: TournamentConfig, registry: Registry, source: str) -> Plan:
+    dataset = _ref(DatasetRef, registry, "dataset", cfg.dataset)
+    architecture = _ref(ArchitectureRef, registry, "architecture", cfg.architecture)
+    labels = [d.label for d in cfg.defenses]
+    defenses = {}
+    for i, entry in enumerate(cfg.defenses):
+        defenses[entry.label] = _defense(f"defenses[{i}]", entry, cfg, architecture, labels, registry)
+    ordered = _dependency_order([defenses[label] for label in labels])
+    attacks = tuple(_attack(f"attacks[{i}]", entry, labels, registry) for i, entry in enumerate(cfg.attacks))
+    return Plan(cfg, registry, dataset, architecture, tuple(ordered), attacks, source)
+
+
+def _ref(kind: type[PluginRef], registry: Registry, where: str, entry: PluginEntry) -> Any:
+    """``entry`` as a resolved reference; an unknown id or a bad param names ``where``."""
+    _get(registry, kind.plugin_kind, where, entry.id)
+    try:
+        return kind(id=entry.id, params=entry.params)
+    except ValidationError as exc:  # around the plugin's own one-line ConfigError
+        err = exc.errors()[0]
+        raise ConfigError(f"{where}.params: {err.get('ctx', {}).get('error', err['msg'])}") from None
+
+
+def _get(registry: Registry, kind: str, where: str, plugin_id: str) -> type:
+    try:
+        return registry.get(kind, plugin_id)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.id: {exc}") from None
+
+
+def _make(registry: Registry, kind: str, where: str, plugin_id: str, params: dict[str, Any]) -> Any:
+    _get(registry, kind, where, plugin_id)
+    try:
+        return registry.make(kind, plugin_id, **params)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.params: {exc}") from None
+
+
+def _defense(where: str, entry: DefenseEntry, cfg: TournamentConfig, architecture: ArchitectureRef,
+             labels: list[str], registry: Registry) -> DefensePlan:
+    cls = _get(registry, "defenses", where, entry.id)
+    defense = _make(registry, "defenses", where, entry.id, merged_params(cls, entry.params, cfg.training))
+    arch = _ref(ArchitectureRef, registry, f"{where}.architecture", entry.architecture) if entry.architecture \
+        else architecture
+    others = [label for label in labels if label != entry.label]
+    for key in ("on", "finetune_from"):
+        ref = getattr(entry, key)
+        if ref is not None and ref not in others:
+            raise ConfigError(f"{where}.{key}: no defense named '{ref}'{did_you_mean(ref, others)}")
+    kind = defense.defense_kind.value
+    if defense.wraps_model and entry.on is None:
+        raise ConfigError(f"{where}.on: {kind} defense '{entry.id}' needs the name of the trained model it protects")
+    if not defense.wraps_model and entry.on is not None:
+        raise ConfigError(f"{where}.on: {kind} defense '{entry.id}' brings its own model; only inference-time "
+                          "and detector defenses take 'on'")
+    return DefensePlan(entry.label, entry.id, defense, arch, entry.on, entry.finetune_from)
+
+
+def merged_params(cls: type, params: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+    """A training-time defense's params over the tournament's ``[training]`` defaults (the keys
+    its config has); any other defense's params as they are."""
+    if not getattr(cls, "trains", False):
+        return dict(params)
+    known = getattr(cls.Config, "model_fields", {})
+    return {**{k: v for k, v in training.items() if k in known}, **params}
+
+
+def _attack(where: str, entry: AttackEntry, labels: list[str], registry: Registry) -> AttackPlan:
+    plain = _make(registry, "attacks", where, entry.id, entry.params)
+    view = _view(where, entry, plain, labels)
+    attack = plain
+    if view.off_target:
+        attack = registry.make("attacks", entry.id, **off_target(type(plain), entry.params))
+    for target in entry.against or []:
+        if target not in labels:
+            raise ConfigError(f"{where}.against: no defense named '{target}'{did_you_mean(target, labels)}")
+    if entry.against is not None and not entry.against:
+        raise ConfigError(f"{where}.against: name at least one defense (or leave it out)")
+    if not attack.minimal and not entry.budgets:
+        raise ConfigError(f"{where}.budgets: fixed-budget attack '{entry.id}' needs at least one budget")
+    budgets = tuple(entry.budgets) + ((UNBOUNDED,) if attack.minimal else ())
+    return AttackPlan(entry.label, entry.id, dict(entry.params), attack, budgets, view, entry.timeout,
+                      tuple(entry.against) if entry.against is not None else None)
+
+
+def _view(where: str, entry: AttackEntry, attack: Attack, labels: list[str]) -> ThreatView:
+    if entry.surrogate is not None and entry.view is not None:
+        raise ConfigError(f"{where}: choose either surrogate (transfer) or view (gray-box)")
+    white = attack.knowledge is Knowledge.WHITE_BOX
+    if (entry.surrogate is not None or entry.view is not None) and not white:
+        raise ConfigError(f"{where}: only white-box attacks can be run as transfer or gray-box attacks; "
+                          f"'{entry.id}' is {attack.knowledge.value}")
+    if entry.surrogate is not None:
+        if entry.surrogate not in labels:
+            raise ConfigError(f"{where}.surrogate: no defense named '{entry.surrogate}'"
+                              f"{did_you_mean(entry.surrogate, labels)}")
+        return ThreatView(View.TRANSFER, entry.surrogate)
+    if entry.view == View.GRAY_BOX.value or attack.knowledge is Knowledge.GRAY_BOX:
+        return ThreatView(View.GRAY_BOX)
+    return ThreatView()
+
+
+def _dependency_order(defenses: list[DefensePlan]) -> list[DefensePlan]:
+    """Defenses ordered so that every entry comes after the one it wraps or fine-tunes."""
+    done: dict[str, DefensePlan] = {}
+    pending = list(defenses)
+    while pending:
+        ready = [d for d in pending if all(r in done for r in d.parents)]
+        if not ready:
+            names = ", ".join(d.label for d in pending)
+            raise ConfigError(f"defenses: 'on'/'finetune_from' form a cycle among {names}")
+        for d in ready:
+            done[d.label] = d
+            pending.remove(d)
+    return list(done.values())
