@@ -236,11 +236,10 @@ def merged_params(cls: type, params: dict[str, Any], training: dict[str, Any]) -
 
 
 def _attack(where: str, entry: AttackEntry, labels: list[str], registry: Registry) -> AttackPlan:
-    plain = _make(registry, "attacks", where, entry.id, entry.params)
-    view = _view(where, entry, plain, labels)
-    attack = plain
-    if view.off_target:
-        attack = registry.make("attacks", entry.id, **off_target(type(plain), entry.params))
+    cls = _get(registry, "attacks", where, entry.id)
+    view = _view(where, entry, cls, labels)
+    attack = _make(registry, "attacks", where, entry.id, off_target(cls, entry.params) if view.off_target
+                   else entry.params)
     for target in entry.against or []:
         if target not in labels:
             raise ConfigError(f"{where}.against: no defense named '{target}'{did_you_mean(target, labels)}")
@@ -253,7 +252,7 @@ def _attack(where: str, entry: AttackEntry, labels: list[str], registry: Registr
                       tuple(entry.against) if entry.against is not None else None)
 
 
-def _view(where: str, entry: AttackEntry, attack: Attack, labels: list[str]) -> ThreatView:
+def _view(where: str, entry: AttackEntry, attack: type[Attack], labels: list[str]) -> ThreatView:
     if entry.surrogate is not None and entry.view is not None:
         raise ConfigError(f"{where}: choose either surrogate (transfer) or view (gray-box)")
     white = attack.knowledge is Knowledge.WHITE_BOX
