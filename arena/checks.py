@@ -1,37 +1,18 @@
 """Evaluation sanity checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness" §5;
 AutoAttack's flags): mistakes in an evaluation are detected and reported, not left to the reader.
 
-Two kinds of checks:
-
-* :func:`model_checks` probes a defended model once (zero input gradients, probability outputs,
-  randomised outputs) and its findings are stored with the model;
-* :func:`flags` reads a run's results: accuracy that rises with the budget, unbounded attacks
-  that do not reach ~100% success, single-step attacks beating iterative ones, black-box,
-  transfer or gray-box attacks beating white-box ones on some examples, randomised outputs
-  evaluated without an adaptive (EOT) attack.
-
-Each flag says what it suggests and which attack to add.
+:func:`model_checks` probes a defended model once, when it is built (zero input gradients,
+probability outputs, randomised outputs); its findings are stored with the model. The flags
+read from a run's results, these findings among them, are the leaderboard's:
+:mod:`arena.leaderboard.flags`.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-@dataclass(frozen=True)
-class Flag:
-    defense: str
-    check: str
-    message: str
-    suggestion: str
-
-    def __str__(self) -> str:
-        return f"{self.defense}: {self.message} — suggests {self.suggestion}"
 
 
 def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
@@ -53,109 +34,3 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
     return {"zero_gradient_share": float((norms <= 1e-12).float().mean()),
             "outputs_probabilities": probabilities,
             "randomized": not torch.allclose(out, again)}
-
-
-def flags(models: list[Any], matches: list[Any], tolerance: float = 0.02) -> list[Flag]:
-    """All flags for one run (rows from :class:`arena.tournament.store.Store`)."""
-    found: list[Flag] = []
-    for model in models:
-        d = model["defense"]
-        mine = [m for m in matches if m["defense"] == d and m["status"] == "ok"]
-        found += _model_flags(d, model)
-        found += _monotonic(d, mine, tolerance)
-        found += _unbounded(d, mine, model["clean_accuracy"])
-        found += _single_step(d, mine, tolerance)
-        found += _weaker_access(d, mine)
-        if _checks_of(model).get("randomized") and not any(m["knowledge"] == "adaptive" for m in mine):
-            found.append(Flag(d, "randomized-without-eot", "outputs are randomised but no adaptive attack was run",
-                              "stochastic gradients; add an EOT attack (eot, cw-eot)"))
-    return found
-
-
-def _checks_of(model: Any) -> dict[str, Any]:
-    import json
-
-    keys = model.keys() if hasattr(model, "keys") else []
-    return json.loads(model["checks_json"]) if "checks_json" in keys and model["checks_json"] else {}
-
-
-def _model_flags(d: str, model: Any) -> list[Flag]:
-    checks, out = _checks_of(model), []
-    if checks.get("zero_gradient_share", 0) > 0.1:
-        share = 100 * checks["zero_gradient_share"]
-        out.append(Flag(d, "zero-gradients", f"the loss gradient is zero on {share:.0f}% of clean inputs",
-                        "gradient masking or shattered gradients; add BPDA (bpda) and a decision-based attack "
-                        "(hopskipjump)"))
-    if checks.get("outputs_probabilities"):
-        out.append(Flag(d, "probabilities", "the model outputs probabilities rather than logits",
-                        "saturated softmax hides gradients; strip the softmax or attack the logits (cw-l2)"))
-    return out
-
-
-def _by_attack(matches: list[Any]) -> dict[tuple[str, str], list[Any]]:
-    groups: dict[tuple[str, str], list[Any]] = {}
-    for m in matches:
-        groups.setdefault((m["attack"], m["norm"]), []).append(m)
-    return groups
-
-
-def _monotonic(d: str, matches: list[Any], tol: float) -> list[Flag]:
-    out = []
-    for (attack, _), rows in _by_attack(matches).items():
-        rows = sorted(rows, key=lambda m: m["budget"])
-        for small, large in zip(rows, rows[1:]):
-            if large["robust_accuracy"] > small["robust_accuracy"] + tol:
-                out.append(Flag(d, "non-monotonic", f"{attack}: accuracy rises from "
-                                f"{100 * small['robust_accuracy']:.1f}% at ε={small['budget']:g} to "
-                                f"{100 * large['robust_accuracy']:.1f}% at ε={large['budget']:g}",
-                                "a weak or badly tuned attack, or gradient masking; add random restarts "
-                                "and more steps (pgd restarts)"))
-                break
-    return out
-
-
-def _unbounded(d: str, matches: list[Any], clean: float) -> list[Flag]:
-    out = []
-    for m in matches:
-        if math.isinf(m["budget"]) and m["success_rate"] is not None and m["success_rate"] < 0.99 and clean > 0:
-            out.append(Flag(d, "unbounded-fails", f"{m['attack']}: an unbounded attack succeeds on only "
-                            f"{100 * m['success_rate']:.1f}% of samples",
-                            "gradient masking or a broken attack; add a decision-based attack (hopskipjump) "
-                            "or BPDA"))
-    return out
-
-
-def _single_step(d: str, matches: list[Any], tol: float) -> list[Flag]:
-    out = []
-    single = [m for m in matches if m["knowledge"] == "white-box" and (m["mean_queries"] or 0) <= 1.0]
-    iterative = [m for m in matches if m["knowledge"] in ("white-box", "adaptive") and (m["mean_queries"] or 0) > 1.0]
-    for s in single:
-        for it in iterative:
-            if (it["norm"], it["budget"]) == (s["norm"], s["budget"]) and \
-                    s["robust_accuracy"] + tol < it["robust_accuracy"]:
-                out.append(Flag(d, "single-step-wins", f"single-step {s['attack']} beats iterative {it['attack']} "
-                                f"at ε={s['budget']:g}", "gradient masking; add more steps and random "
-                                "restarts, and a black-box attack"))
-    return out
-
-
-def _weaker_access(d: str, matches: list[Any]) -> list[Flag]:
-    """Examples broken by a black-box, transfer or gray-box attack but by no white-box one."""
-    from arena.leaderboard.tables import threat_model
-    from arena.tournament.store import decode_mask
-
-    out = []
-    for (norm, budget) in sorted({(m["norm"], m["budget"]) for m in matches}):
-        rows = [m for m in matches if (m["norm"], m["budget"]) == (norm, budget)]
-        white = [decode_mask(m["robust_mask"]) for m in rows if m["knowledge"] in ("white-box", "adaptive")]
-        weaker = [m for m in rows if m["knowledge"] in ("black-box", "gray-box")]
-        if not white:
-            continue
-        robust_white = [all(col) for col in zip(*white)]
-        for m in weaker:
-            beaten = sum(w and not r for w, r in zip(robust_white, decode_mask(m["robust_mask"])))
-            if beaten:
-                out.append(Flag(d, "weaker-access-wins", f"{m['attack']} ({threat_model(m)}) breaks {beaten} "
-                                f"example{'' if beaten == 1 else 's'} at ε={budget:g} that every white-box attack missed",
-                                "gradient masking; add BPDA/EOT adaptive attacks"))
-    return out

@@ -2,36 +2,22 @@
 from __future__ import annotations
 
 import functools
-import importlib.metadata as md
-import os
-import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import pluggy
 
-from arena import hookspecs
+from arena import discovery
+from arena.discovery import DISABLE_ENV, TRACE_ENV, Owner  # noqa: F401  (part of the registry's API)
 from arena.errors import ConfigError, PluginError, did_you_mean
-from arena.plugin import ID_PATTERN, Plugin, PluginConfig, resolving_with
+from arena.plugin import ID_PATTERN, Plugin, PluginConfig
 
 GROUP = "arena"
 KINDS = ("attacks", "defenses", "datasets", "architectures", "backends")
-DISABLE_ENV = "ARENA_DISABLE_PLUGINS"
-TRACE_ENV = "ARENA_TRACE_HOOKS"
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who registered a plugin class: the pluggy plugin name and its distribution."""
-
-    plugin: str
-    distribution: str
-    version: str
-
-    def __str__(self) -> str:
-        return f"plugin '{self.plugin}' ({self.distribution} {self.version})"
 
 
 @dataclass
@@ -83,7 +69,7 @@ class Registry:
             return cls(**config)
 
     def resolving(self) -> Any:
-        """A block in which plugin references (:class:`arena.plugin.PluginRef`) resolve here."""
+        """A block in which plugin references (:class:`arena.refs.PluginRef`) resolve here."""
         return resolving_with(self)
 
     def make_attack(self, plugin_id: str, **config: Any) -> Any:
@@ -152,29 +138,6 @@ def _default_of(cls: type, name: str) -> Any:
     return getattr(cls, name, None)
 
 
-def _disabled() -> set[str]:
-    return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
-
-
-def _owner_of(ep: md.EntryPoint) -> Owner:
-    dist = getattr(ep, "dist", None)
-    if dist is None:
-        return Owner(ep.name, "unknown", "")
-    return Owner(ep.name, dist.metadata["Name"] or dist.name, dist.version)
-
-
-def _check_pending(pm: pluggy.PluginManager, owners: dict[str, Owner]) -> None:
-    """Hook implementations that match no hookspec are errors, naming plugin and hook."""
-    specs = [f"arena_register_{k}" for k in KINDS]
-    for name, hook in vars(pm.hook).items():
-        if name.startswith("_") or getattr(hook, "spec", None) is not None:
-            continue
-        for impl in hook.get_hookimpls():
-            if not impl.optionalhook:
-                owner = owners.get(impl.plugin_name, impl.plugin_name)
-                raise PluginError(f"{owner} implements unknown hook '{name}'{did_you_mean(name, specs)}")
-
-
 @functools.lru_cache(maxsize=1)
 def default_registry() -> Registry:
     """The installed plugins, loaded once per process: what plugin references resolve against
@@ -190,47 +153,35 @@ def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool
     :class:`arena.PluginError` naming the plugin and its distribution. ``ARENA_TRACE_HOOKS=1``
     prints every hook call.
     """
-    pm = pluggy.PluginManager(GROUP)
-    pm.add_hookspecs(hookspecs)
-    owners: dict[str, Owner] = {}
-    blocked = _disabled()
-    for name in blocked:
-        pm.set_blocked(name)
-    candidates: list[tuple[str, Owner, Any]] = []
-    if entry_points:
-        for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
-            if ep.name in blocked or ep.name in owners:
-                continue
-            owner = _owner_of(ep)
-            try:
-                module = ep.load()
-            except Exception as exc:  # a broken third-party import must not crash the arena
-                raise PluginError(f"{owner} failed to import: {type(exc).__name__}: {exc}") from exc
-            owners[ep.name] = owner
-            candidates.append((ep.name, owner, module))
-    for name, module in extra:
-        if name not in blocked:
-            owner = Owner(name, "local", "")
-            owners[name] = owner
-            candidates.append((name, owner, module))
-    for name, owner, module in candidates:
-        try:
-            pm.register(module, name=name)
-        except (pluggy.PluginValidationError, ValueError) as exc:
-            raise PluginError(f"{owner}: {exc}") from exc
-    _check_pending(pm, owners)
-    trace = bool(os.environ.get(TRACE_ENV))
-    registry = Registry(pm)
+    loaded = discovery.load(GROUP, extra, entry_points=entry_points)
+    registry = Registry(loaded.plugin_manager)
     for kind in KINDS:
-        hook = getattr(pm.hook, f"arena_register_{kind}")
-        for impl in hook.get_hookimpls():
-            owner = owners[impl.plugin_name]
-            if trace:
-                sys.stderr.write(f"arena: calling arena_register_{kind} of {owner}\n")
+        for owner, function in loaded.implementations(f"arena_register_{kind}"):
             try:
-                impl.function(register=lambda cls, k=kind, o=owner: registry._add(k, cls, o))
+                function(register=lambda cls, k=kind, o=owner: registry._add(k, cls, o))
             except PluginError:
                 raise
             except Exception as exc:
                 raise PluginError(f"{owner} failed in arena_register_{kind}: {exc}") from exc
     return registry
+
+# The registry that plugin references resolve against while a plan, a config or a plugin is
+# being built (set by :class:`arena.registry.Registry`); outside of one, the installed plugins.
+_ACTIVE: ContextVar[Any] = ContextVar("arena_active_registry", default=None)
+
+
+@contextmanager
+def resolving_with(registry: Any) -> Iterator[Any]:
+    """Resolve every :class:`PluginRef` validated inside the block against ``registry``."""
+    token = _ACTIVE.set(registry)
+    try:
+        yield registry
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_registry() -> Any:
+    """The registry references resolve against now: the one building the current plan or plugin,
+    else the installed plugins (loaded once, by the core)."""
+    registry = _ACTIVE.get()
+    return default_registry() if registry is None else registry

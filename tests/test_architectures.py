@@ -9,7 +9,6 @@ from torch import nn
 
 import arena
 from arena_builtins.architectures import cifar, papers, small
-from arena.testing import ArchitectureContract
 from arena_builtins.datasets import digits
 
 # id -> config small enough for a fast forward pass; the layout stays the paper's.
@@ -209,11 +208,3 @@ def test_digits_cnn_learns_digits_quickly():
     finally:
         torch.set_num_threads(threads)
     assert acc > 0.8, acc
-
-
-# The public contract suite, run through the installed entry points, once per architecture.
-for _id, _params in ARCHS.items():
-    _name = "TestContract" + "".join(part.title() for part in _id.split("-"))
-    globals()[_name] = type(_name, (ArchitectureContract,), {
-        "architecture_id": _id, "params": _params, "input_shape": (1, 28, 28),
-    })

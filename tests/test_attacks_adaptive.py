@@ -1,4 +1,4 @@
-"""Adaptive attacks: the contract suites on the undefended digits CNN, and for each attack a small
+"""Adaptive attacks (contract rows: tests/test_contracts.py): for each attack a small
 real run showing it does what it exists for (issue 4, "Checks that make results trustworthy"):
 EOT against NAC (seed 004 Table 5), BPDA against feature squeezing (Athalye et al. 2018 §4.1),
 cw-wb against the KDE detector (seed 003 Table 3), restarts never worse than one start (seed 000
@@ -7,7 +7,6 @@ Fig. 1a), and the repeated-DLN attacker white-box through the sanitiser (seed 00
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from sklearn.metrics import roc_auc_score
 
 from arena import load_plugins, testing
 from arena.errors import ConfigError
-from arena.testing import AttackContract
 from arena.threat import Knowledge
 import arena_builtins.attacks.adaptive as adaptive
 
@@ -38,69 +36,6 @@ def kde():
     detector = registry().make_defense("kde")
     detector.fit(testing.trained_model(), testing.digits().train)
     return detector
-
-
-class Contract(AttackContract):
-    """The contract, building attacks from :func:`registry` (see its docstring)."""
-
-    def make(self, **extra: Any):
-        return registry().make_attack(self.attack_id, **{**self.params, **extra})
-
-    def test_registered_and_documented(self) -> None:
-        cls = registry().attacks[self.attack_id]
-        assert cls.id == self.attack_id and cls.knowledge is Knowledge.ADAPTIVE
-        assert (cls.__doc__ or "").strip()
-
-
-class TestEOT(Contract):
-    attack_id = "eot"
-    params = {"inner_params": CW_FAST, "samples": 4}
-    samples = 24
-
-
-class TestBPDA(Contract):
-    attack_id = "bpda"
-    params = {"inner_params": {"steps": 10}}
-
-
-class TestRepeated(Contract):
-    attack_id = "repeated"
-    params = {"rounds": 2}
-
-
-class TestCWRestarts(Contract):
-    attack_id = "cw-restarts"
-    params = {**CW_FAST, "restarts": 2}
-    samples = 24
-
-
-class TestCWGradExp(Contract):
-    attack_id = "cw-eot"
-    params = {**CW_FAST, "eot_samples": 4}
-    samples = 24
-
-
-class TestCWWhiteBox(Contract):
-    """cw-wb refuses to run without a detector, so every call here passes the fitted KDE."""
-
-    attack_id = "cw-wb"
-    params = CW_FAST
-    samples = 24
-
-    def run(self, attack, seed: int = 0, **kw: Any):
-        return super().run(attack, seed=seed, context=kde(), **kw)
-
-    def test_input_not_mutated(self) -> None:
-        x, y = testing.attack_batch(self.samples)
-        x0 = x.clone()
-        self.make()(testing.trained_model(), x, y, seed=0, context=kde())
-        assert torch.equal(x, x0)
-
-    def test_model_left_as_found(self) -> None:
-        model = testing.trained_model().train()
-        x, y = testing.attack_batch(8)
-        self.make()(model, x, y, seed=0, context=kde())
-        assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
 def test_knowledge_and_inner_validation():
@@ -134,7 +69,7 @@ def test_eot_beats_plain_cw_on_nac():
     x, y = testing.attack_batch(32)
     nac = registry().make_defense("nac").wrap(testing.trained_model(), testing.digits())
     plain = registry().make_attack("cw-l2", **CW)(nac, x, y, seed=0)
-    eot = registry().make_attack("eot", inner_params=CW, samples=10)(nac, x, y, seed=0)
+    eot = registry().make_attack("eot", inner={"id": "cw-l2", "params": CW}, samples=10)(nac, x, y, seed=0)
     acc_plain = expected_accuracy(nac, x, plain.x_adv, y, 1.5)
     acc_eot = expected_accuracy(nac, x, eot.x_adv, y, 1.5)
     assert acc_eot < acc_plain - 0.05, (acc_eot, acc_plain)
@@ -145,7 +80,7 @@ def test_bpda_beats_pgd_on_feature_squeezing():
     x, y = testing.attack_batch(64)
     squeezed = registry().make_defense("feature-squeezing", bits=1).wrap(testing.trained_model(), testing.digits())
     pgd = registry().make_attack("pgd", steps=20)(squeezed, x, y, 0.3, seed=0)
-    bpda = registry().make_attack("bpda", inner_params={"steps": 20})(squeezed, x, y, 0.3, seed=0)
+    bpda = registry().make_attack("bpda", inner={"id": "pgd", "params": {"steps": 20}})(squeezed, x, y, 0.3, seed=0)
     acc_pgd, acc_bpda = 1 - float(pgd.success.float().mean()), 1 - float(bpda.success.float().mean())
     assert acc_bpda < acc_pgd - 0.2, (acc_bpda, acc_pgd)
 

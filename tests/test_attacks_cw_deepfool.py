@@ -1,5 +1,6 @@
-"""Carlini-Wagner L2 and DeepFool: the contract suites, and behaviour on the small digits CNN
-that the papers predict (Carlini and Wagner 2017 §V; Moosavi-Dezfooli et al. 2016 §2-§4)."""
+"""Carlini-Wagner L2 and DeepFool: behaviour on the small digits CNN that the papers predict
+(Carlini and Wagner 2017 §V; Moosavi-Dezfooli et al. 2016 §2-§4). Contract rows:
+tests/test_contracts.py."""
 from __future__ import annotations
 
 import pytest
@@ -7,27 +8,11 @@ import torch
 
 from arena import testing
 from arena.errors import ConfigError
-from arena.testing import AttackContract
 from arena_builtins.attacks.deepfool import candidate_classes, difference_jacobian
 
 # Short schedules that still fool every sample of the digits CNN (κ > 0 and targets need 100 steps).
 CW = {"steps": 50, "binary_search_steps": 3, "initial_const": 1.0, "lr": 0.05}
 CW_LONG = {**CW, "steps": 100}
-
-
-class TestCW(AttackContract):
-    attack_id = "cw-l2"
-    params = CW
-
-
-class TestDeepFoolL2(AttackContract):
-    attack_id = "deepfool"
-    params = {"norm": "l2"}
-
-
-class TestDeepFoolLinf(AttackContract):
-    attack_id = "deepfool"
-    params = {"norm": "linf"}
 
 
 def margin(model, x_adv, y):

@@ -1,5 +1,5 @@
-"""BIM, Random + FGSM, minimal-ε FGSM and JSMA: the contract suites, and the behaviour each
-paper describes on the small trained digits model."""
+"""BIM, Random + FGSM, minimal-ε FGSM and JSMA: the behaviour each paper describes on the small
+trained digits model. Contract rows: tests/test_contracts.py."""
 from __future__ import annotations
 
 import itertools
@@ -9,36 +9,8 @@ import torch
 
 from arena import testing
 from arena.errors import ConfigError
-from arena.testing import AttackContract
 from arena_builtins.attacks import iterative, jsma
 from arena_builtins.attacks.gradient import loss_gradient
-
-
-class TestBIMLinf(AttackContract):
-    attack_id = "bim"
-
-
-class TestBIML2(AttackContract):
-    attack_id = "bim"
-    params = {"norm": "l2", "steps": 5}
-
-
-class TestRandFGSM(AttackContract):
-    attack_id = "rand-fgsm"
-
-
-class TestFGSMMinimalLinf(AttackContract):
-    attack_id = "fgsm-minimal"
-    params = {"eps_step": 0.02}
-
-
-class TestFGSMMinimalL2(AttackContract):
-    attack_id = "fgsm-minimal"
-    params = {"norm": "l2", "eps_step": 0.1, "max_eps": 6.0}
-
-
-class TestJSMA(AttackContract):
-    attack_id = "jsma"
 
 
 def make(attack_id: str, **params):

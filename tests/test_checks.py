@@ -6,7 +6,8 @@ import math
 import torch
 from torch import nn
 
-from arena.checks import flags, model_checks
+from arena.checks import model_checks
+from arena.leaderboard.flags import flags
 from arena.tournament.store import MatchRow, Store
 
 

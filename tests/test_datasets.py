@@ -11,7 +11,6 @@ import torch
 
 import arena
 from arena.data import DataSplits
-from arena.testing import DatasetContract
 from arena_builtins.datasets import cifar10, digits, idx, synthetic
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -265,19 +264,3 @@ def test_synthetic_is_learnable(registry):
     means = torch.stack([data.train.x[data.train.y == k].mean(0) for k in range(4)]).flatten(1)
     pred = torch.cdist(data.test.x.flatten(1), means).argmin(1)
     assert (pred == data.test.y).float().mean() > 0.95
-
-
-# The public contract suite, run through the installed entry points.
-class TestDigitsContract(DatasetContract):
-    dataset_id = "digits"
-
-
-class TestSyntheticContract(DatasetContract):
-    dataset_id = "synthetic"
-    params = {"n_train": 64, "n_test": 32}
-
-
-@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
-class TestFashionMnistContract(DatasetContract):
-    dataset_id = "fashion-mnist"
-    params = {"train_size": 100, "test_size": 50}

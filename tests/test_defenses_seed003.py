@@ -1,9 +1,10 @@
 """Seed 003's defenses: reverse cross-entropy, PDM and the KDE detector on the embedding.
 
-Contract suites, the losses on inputs whose answer is known, and the claimed effects on the
+The losses on inputs whose answer is known, and the claimed effects on the
 digits CNN (seed 42, one schedule for `standard` and the defense): RCE and PDM tighten the
 class clusters of the embedding (lower Davies-Bouldin index, seed 003 §3.5), and the KDE
 detector separates FGSM examples from clean inputs (ROC-AUC, seed 003 Table 2).
+Contract rows: tests/test_contracts.py.
 """
 from __future__ import annotations
 
@@ -17,24 +18,12 @@ from sklearn.metrics import davies_bouldin_score, roc_auc_score
 from torch import nn
 
 from arena.errors import ConfigError
-from arena.testing import DefenseContract, digits, registry, trained_model
+from arena.testing import digits, registry, trained_model
 from arena_builtins.defenses.embedding import (
     reduce_variance_loss, reverse_cross_entropy, siamese_loss, siamese_partners,
 )
 
 SCHEDULE = {"epochs": 8, "batch_size": 64, "lr": 3e-3}
-
-
-class TestRCE(DefenseContract):
-    defense_id = "rce"
-
-
-class TestPDM(DefenseContract):
-    defense_id = "pdm"
-
-
-class TestKDE(DefenseContract):
-    defense_id = "kde"
 
 
 # ------------------------------------------------------------------ the losses

@@ -11,7 +11,6 @@ import types
 from typing import ClassVar
 
 import pytest
-import torch
 
 import arena
 from arena.attack import FixedBudgetAttack
@@ -74,12 +73,12 @@ def test_each_fault_fails_only_its_own_match(tmp_path):
         {"id": "hungry", "budgets": [0.1]}, {"id": "fgsm", "budgets": [0.1]}]}, reg)
     store = Store(tmp_path / "f.db")
     run_id = Runner(cfg, store, cache_dir=tmp_path / "c", progress=False).run()
-    rows = {r["attack"]: r for r in store.matches(run_id)}
-    assert rows["sleeper"]["status"] == "timed-out" and "time limit of 1 s" in rows["sleeper"]["error"]
-    assert rows["nans"]["status"] == "failed" and "NaN" in rows["nans"]["error"]
-    assert rows["hungry"]["status"] == "failed"
-    assert rows["hungry"]["error"].startswith("QueryBudgetExceeded: query budget of 10 per sample")
-    assert rows["fgsm"]["status"] == "ok" and rows["fgsm"]["robust_accuracy"] is not None
+    rows = {r.attack: r for r in store.matches(run_id)}
+    assert rows["sleeper"].status == "timed-out" and "time limit of 1 s" in rows["sleeper"].error
+    assert rows["nans"].status == "failed" and "NaN" in rows["nans"].error
+    assert rows["hungry"].status == "failed"
+    assert rows["hungry"].error.startswith("QueryBudgetExceeded: query budget of 10 per sample")
+    assert rows["fgsm"].status == "ok" and rows["fgsm"].robust_accuracy is not None
 
 
 TOURNAMENT = """

@@ -22,7 +22,7 @@ from arena import testing  # noqa: E402
 from arena.backends import keras as keras_backend  # noqa: E402
 from arena.backends.keras import wrap_keras_model  # noqa: E402
 from arena.leaderboard import tables  # noqa: E402
-from arena.tournament.config import parse_tournament  # noqa: E402
+from arena.tournament.plan import parse_tournament  # noqa: E402
 from arena.tournament.runner import Runner  # noqa: E402
 from arena.tournament.store import Store  # noqa: E402
 from arena_builtins.defenses import model_file  # noqa: E402
@@ -50,8 +50,7 @@ def reg():
         ("backends-keras", keras_backend, "keras" in base.backends),
         ("defenses-model-file", model_file, "model-file" in base.defenses)) if not present]
     registry = arena.load_plugins(extra=extra) if extra else base
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(model_file, "backend_classes", lambda: dict(registry.backends))
+    with registry.resolving():  # model-file finds its backends in this registry
         yield registry
 
 
@@ -297,22 +296,22 @@ def mixed(reg, files, tmp_path_factory):
     text = TOURNAMENT.format(keras=files / "digits.keras", torch=files / "digits.pt")
     cfg = parse_tournament(tomllib.loads(text), reg)
     store = Store(tmp / "r.db")
-    runner = Runner(cfg, reg, store, cache_dir=tmp / "cache", progress=False)
+    runner = Runner(cfg, store, cache_dir=tmp / "cache", progress=False)
     return runner, store, runner.run()
 
 
 @on_tf
 def test_model_files_enter_a_tournament_next_to_torch(mixed):
     runner, store, run_id = mixed
-    models = {m["defense"]: m for m in store.models(run_id)}
+    models = {m.defense: m for m in store.models(run_id)}
     assert set(models) == {"standard", "keras-file", "torch-file", "feature-squeezing"}
-    assert models["keras-file"]["clean_accuracy"] == models["torch-file"]["clean_accuracy"] > 0.85
-    assert models["keras-file"]["cache_key"] is None and models["keras-file"]["defense_kind"] == "pretrained"
-    rows = {(r["defense"], r["attack"], r["budget"]): r for r in store.matches(run_id)}
-    assert all(r["status"] == "ok" for r in rows.values())
+    assert models["keras-file"].clean_accuracy == models["torch-file"].clean_accuracy > 0.85
+    assert models["keras-file"].cache_key is None and models["keras-file"].defense_kind == "pretrained"
+    rows = {(r.defense, r.attack, r.budget): r for r in store.matches(run_id)}
+    assert all(r.status == "ok" for r in rows.values())
     for attack, budget in (("fgsm", 0.3), ("pgd", 0.1)):
-        assert rows[("keras-file", attack, budget)]["robust_accuracy"] == pytest.approx(
-            rows[("torch-file", attack, budget)]["robust_accuracy"], abs=0.02)
+        assert rows[("keras-file", attack, budget)].robust_accuracy == pytest.approx(
+            rows[("torch-file", attack, budget)].robust_accuracy, abs=0.02)
     assert runner.entrants["keras-file"].defense.provenance["keras_backend"] == "tensorflow"
     assert runner.entrants["torch-file"].defense.provenance["backend"] == "torch"
     board = tables.build(store, run_id).render("table")
@@ -326,7 +325,7 @@ def test_the_backend_of_every_entrant_is_recorded_and_shown(mixed, tmp_path):
     from arena.leaderboard import site
 
     _, store, run_id = mixed
-    prov = {m["defense"]: json.loads(m["provenance_json"]) for m in store.models(run_id)}
+    prov = {m.defense: m.provenance for m in store.models(run_id)}
     assert prov["standard"] == {"backend": "torch"}
     assert prov["keras-file"]["backend"] == "keras" and prov["keras-file"]["keras_backend"] == "tensorflow"
     assert prov["feature-squeezing"] == prov["keras-file"]
@@ -361,14 +360,17 @@ def test_model_file_errors_name_the_problem(reg, files, tmp_path):
 
 @on_tf
 def test_train_keras_and_the_cli(reg, tmp_path):
+    """``arena train`` comes from the ``commands-keras`` command plugin and trains on both backends."""
     from click.testing import CliRunner
 
-    from arena.backends.keras_train import train
+    from arena.cli import CliState, cli
+
+    def train(*args):
+        return CliRunner().invoke(cli, ["train", *args], obj=CliState(reg))
 
     out = tmp_path / "gda-brelu.keras"
-    result = CliRunner().invoke(train, ["--backend", "keras", "--architecture", "digits-cnn", "--defense",
-                                        "gda-brelu", "--param", "copies=1", "--epochs", "2", "--out", str(out),
-                                        "--quiet"])
+    result = train("--backend", "keras", "--architecture", "digits-cnn", "--defense", "gda-brelu",
+                   "--param", "copies=1", "--epochs", "2", "--out", str(out), "--quiet")
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output
     loaded = reg.make_backend("keras").load(out)
@@ -376,11 +378,25 @@ def test_train_keras_and_the_cli(reg, tmp_path):
     assert relus and all(float(layer.max_value) == 1.0 for layer in relus)
     assert float(result.output.rsplit("test accuracy ", 1)[1].split(",")[0]) > 0.6
     torch_out = tmp_path / "standard.pt"
-    result = CliRunner().invoke(train, ["--architecture", "digits-cnn", "--epochs", "1", "--out", str(torch_out),
-                                        "--quiet"])
+    result = train("--architecture", "digits-cnn", "--epochs", "1", "--out", str(torch_out), "--quiet")
     assert result.exit_code == 0 and torch_out.is_file(), result.output
-    bad = CliRunner().invoke(train, ["--backend", "keras", "--architecture", "vgg19", "--out", str(out)])
+    bad = train("--backend", "keras", "--architecture", "vgg19", "--out", str(out))
     assert bad.exit_code == 2 and "no Keras version of architecture 'vgg19'" in bad.output
+    assert cli.command_owners["train"].name == "commands-keras"
+
+
+def test_train_needs_a_training_time_defense_and_the_registry(reg, tmp_path):
+    """The check reads ``Defense.trains``; both functions take the registry, never load one."""
+    import inspect
+
+    from arena_builtins.keras.train import train_keras, train_torch
+
+    for fn in (train_keras, train_torch):
+        param = inspect.signature(fn).parameters["registry"]
+        assert param.kind is param.KEYWORD_ONLY and param.default is param.empty
+    with pytest.raises(arena.ConfigError, match="defense 'feature-squeezing' is inference-time; `arena train` "
+                                                "needs a training-time defense"):
+        train_torch("digits-cnn", "digits", tmp_path / "m.pt", "feature-squeezing", registry=reg)
 
 
 def test_keras_label_smoothing_matches_the_torch_defense(reg):

@@ -11,7 +11,7 @@ import pytest
 
 import arena
 from arena.attack import FixedBudgetAttack
-from arena.tournament.config import load_tournament
+from arena.tournament.plan import load_tournament
 from arena.tournament.runner import Runner
 from arena.tournament.store import Store
 
@@ -78,7 +78,7 @@ def published(tmp_path_factory):
     path = tmp / "publish-test.toml"
     path.write_text(TOURNAMENT)
     store = Store(tmp / "r.db")
-    runner = Runner(load_tournament(path, reg), reg, store, cache_dir=tmp / "cache", progress=False,
+    runner = Runner(load_tournament(path, reg), store, cache_dir=tmp / "cache", progress=False,
                     source=str(path), source_text=TOURNAMENT)
     run_id = runner.run()
     index = site.publish(store, run_id, tmp / "site")
@@ -121,7 +121,7 @@ def test_match_pages_show_status_error_config_and_provenance(published):
     store, run_id, index = published
     page = (index.parent / "matches" / "standard--explodes--0.1.html").read_text()
     assert "<strong>failed</strong>" in page and "RuntimeError: kaboom &lt;script&gt;" in page
-    assert store.run(run_id)["config_hash"] in page and "package torch" in page
+    assert store.run(run_id).config_hash in page and "package torch" in page
     page = (index.parent / "matches" / "standard--pgd-l2--0.5.html").read_text()
     assert "<strong>ok</strong>" in page and "&quot;steps&quot;: 3" in page and "robust samples" in page
     text = index.read_text()

@@ -20,7 +20,7 @@ CONFIG = {
 
 
 def _results(store, run_id):
-    return {(r["defense"], r["attack"], r["budget"]): (r["status"], r["robust_mask"]) for r in store.matches(run_id)}
+    return {(r.defense, r.attack, r.budget): (r.status, r.robust_mask) for r in store.matches(run_id)}
 
 
 @pytest.mark.slow
@@ -39,4 +39,4 @@ def test_ray_and_local_executors_agree(tmp_path):
     assert workers
     assert _results(local, local_id) == _results(remote, remote_id)
     assert len(_results(remote, remote_id)) == 2 * 3
-    assert remote.run(remote_id)["provenance_json"].count('"executor": "ray"') == 1
+    assert remote.run(remote_id).provenance["executor"] == "ray"

@@ -63,22 +63,22 @@ def finished(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(finished):
     store, run_id = finished
-    return {(r["defense"], r["attack"]): r for r in store.matches(run_id)}
+    return {(r.defense, r.attack): r for r in store.matches(run_id)}
 
 
 def test_gray_box_attacks_see_the_base_classifier_only(results):
-    assert results[("squeezed", "gray")]["knowledge"] == "gray-box"
+    assert results[("squeezed", "gray")].knowledge == "gray-box"
     white, gray = results[("squeezed", "white")], results[("squeezed", "gray")]
     # rounding masks the white-box gradient; the base classifier's gradient transfers through it
-    assert gray["robust_accuracy"] < white["robust_accuracy"]
+    assert gray.robust_accuracy < white.robust_accuracy
 
 
 def test_transfer_examples_are_crafted_once_and_judged_everywhere(results):
     rows = [results[(d, "transfer")] for d in ("standard", "gda", "squeezed")]
-    assert all(r["status"] == "ok" and r["knowledge"] == "black-box" for r in rows)
+    assert all(r.status == "ok" and r.knowledge == "black-box" for r in rows)
     # 3 defenses × (white + gray) batches, plus one crafting pass for the transfer attack
     assert len(SEEN) == 3 * 2 + 1
-    assert results[("standard", "transfer")]["robust_accuracy"] <= results[("gda", "transfer")]["robust_accuracy"] + 0.2
+    assert results[("standard", "transfer")].robust_accuracy <= results[("gda", "transfer")].robust_accuracy + 0.2
 
 
 def test_the_leaderboard_names_each_attacks_threat_model(finished):

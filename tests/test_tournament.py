@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import types
 from typing import ClassVar
 
@@ -124,37 +123,37 @@ def test_every_match_is_stored(finished):
     _, _, store, run_id = finished
     rows = store.matches(run_id)
     assert len(rows) == 3 * (2 + 1 + 1)  # 3 defenses × (fgsm 2 budgets, pgd 1, explodes 1)
-    models = {m["defense"]: m for m in store.models(run_id)}
-    assert models["standard"]["clean_accuracy"] > 0.85 and models["gda"]["clean_accuracy"] > 0.8
-    ok = [r for r in rows if r["attack"] != "explodes"]
+    models = {m.defense: m for m in store.models(run_id)}
+    assert models["standard"].clean_accuracy > 0.85 and models["gda"].clean_accuracy > 0.8
+    ok = [r for r in rows if r.attack != "explodes"]
     assert all(r.status == "ok" and len(r.robust_mask) == 60 for r in ok)
-    assert store.run(run_id)["status"] == "finished"
+    assert store.run(run_id).status == "finished"
 
 
 def test_a_failing_plugin_fails_only_its_own_match(finished):
     _, _, store, run_id = finished
-    failed = [r for r in store.matches(run_id) if r["status"] == "failed"]
-    assert {r["attack"] for r in failed} == {"explodes"} and len(failed) == 3
-    assert failed[0]["error"] == "RuntimeError: kaboom"
+    failed = [r for r in store.matches(run_id) if r.status == "failed"]
+    assert {r.attack for r in failed} == {"explodes"} and len(failed) == 3
+    assert failed[0].error == "RuntimeError: kaboom"
     board = tables.build(store, run_id).render("table")
     assert "explodes vs standard (ε=0.1): failed: RuntimeError: kaboom" in board
 
 
 def test_robust_accuracy_falls_with_the_budget(finished):
     _, _, store, run_id = finished
-    acc = {(r["defense"], r["budget"]): r["robust_accuracy"] for r in store.matches(run_id) if r["attack"] == "fgsm-linf"}
-    clean = {m["defense"]: m["clean_accuracy"] for m in store.models(run_id)}
+    acc = {(r.defense, r.budget): r.robust_accuracy for r in store.matches(run_id) if r.attack == "fgsm-linf"}
+    clean = {m.defense: m.clean_accuracy for m in store.models(run_id)}
     assert clean["standard"] >= acc[("standard", 0.05)] > acc[("standard", 0.3)]
     assert acc[("standard", 0.3)] < 0.5
 
 
 def test_detected_adversarial_examples_count_as_defended(finished):
     _, _, store, run_id = finished
-    models = {m["defense"]: m for m in store.models(run_id)}
-    assert models["off-grid"]["false_positive_rate"] == 0.0
-    rows = {(r["defense"], r["attack"], r["budget"]): r for r in store.matches(run_id)}
-    assert rows[("off-grid", "fgsm-linf", 0.3)]["robust_accuracy"] == models["standard"]["clean_accuracy"]
-    assert rows[("standard", "fgsm-linf", 0.3)]["robust_accuracy"] < models["standard"]["clean_accuracy"]
+    models = {m.defense: m for m in store.models(run_id)}
+    assert models["off-grid"].false_positive_rate == 0.0
+    rows = {(r.defense, r.attack, r.budget): r for r in store.matches(run_id)}
+    assert rows[("off-grid", "fgsm-linf", 0.3)].robust_accuracy == models["standard"].clean_accuracy
+    assert rows[("standard", "fgsm-linf", 0.3)].robust_accuracy < models["standard"].clean_accuracy
 
 
 def test_worst_case_is_per_example(finished):
@@ -174,10 +173,10 @@ def test_worst_case_is_per_example(finished):
 def test_same_file_and_seed_give_identical_results_from_the_cache(finished, reg):
     tmp, path, store, run_id = finished
     again, run2 = run(path, reg, tmp / "again.db", tmp / "cache")
-    first = {(r["defense"], r["attack"], r["budget"]): r["robust_mask"] for r in store.matches(run_id)}
-    second = {(r["defense"], r["attack"], r["budget"]): r["robust_mask"] for r in again.matches(run2)}
+    first = {(r.defense, r.attack, r.budget): r.robust_mask for r in store.matches(run_id)}
+    second = {(r.defense, r.attack, r.budget): r.robust_mask for r in again.matches(run2)}
     assert first == second
-    keys = [m["cache_key"] for m in store.models(run_id) if m["cache_key"]]
+    keys = [m.cache_key for m in store.models(run_id) if m.cache_key]
     assert len(keys) == 2 and all((tmp / "cache" / "models" / f"{k}.pt").is_file() for k in keys)
 
 
@@ -193,8 +192,8 @@ def test_a_new_release_of_a_defense_plugin_trains_its_model_again(finished, reg)
     bumped = dataclasses.replace(reg, owners={**reg.owners, ("defenses", "gda"): Owner(
         owner.plugin, owner.distribution, owner.version + ".post1")})
     again, run2 = run(path, bumped, tmp / "bumped.db", tmp / "cache")
-    before = {m["defense"]: m["cache_key"] for m in store.models(run_id)}
-    after = {m["defense"]: m["cache_key"] for m in again.models(run2)}
+    before = {m.defense: m.cache_key for m in store.models(run_id)}
+    after = {m.defense: m.cache_key for m in again.models(run2)}
     assert after["standard"] == before["standard"] and after["gda"] != before["gda"]
     assert (tmp / "cache" / "models" / f"{after['gda']}.pt").is_file()
 
@@ -269,9 +268,9 @@ def test_a_wrapper_around_a_fixed_budget_attack_gets_no_unbounded_run(tmp_path, 
     path = write(tmp_path, extra_attacks='[[attacks]]\nname = "eot-fgsm"\nid = "eot"\n'
                                          'params = { inner = "fgsm", samples = 2 }\nbudgets = [0.1]')
     store, run_id = run(path, reg, tmp_path / "r.db", tmp_path / "cache")
-    rows = [r for r in store.matches(run_id) if r["attack"] == "eot-fgsm"]
-    assert sorted((r["defense"], r["budget"]) for r in rows) == [("gda", 0.1), ("standard", 0.1)]
-    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    rows = [r for r in store.matches(run_id) if r.attack == "eot-fgsm"]
+    assert sorted((r.defense, r.budget) for r in rows) == [("gda", 0.1), ("standard", 0.1)]
+    assert all(r.status == "ok" for r in rows), [r.error for r in rows]
 
 
 def test_a_wrapper_around_a_fixed_budget_attack_needs_budgets(tmp_path, reg):
@@ -291,8 +290,8 @@ def test_a_randomised_entrant_gives_the_same_results_whatever_the_rng_state(tmp_
     for i, junk in enumerate((0, 12345)):
         torch.manual_seed(junk)
         store, run_id = run(path, reg, tmp_path / f"r{i}.db", tmp_path / "cache")
-        clean = {m["defense"]: m["clean_mask"] for m in store.models(run_id)}
-        masks = {(r["defense"], r["attack"], r["budget"]): r["robust_mask"] for r in store.matches(run_id)}
+        clean = {m.defense: m.clean_mask for m in store.models(run_id)}
+        masks = {(r.defense, r.attack, r.budget): r.robust_mask for r in store.matches(run_id)}
         results.append((clean, masks))
     assert results[0][0] == results[1][0]
     assert results[0][1] == results[1][1]
@@ -304,8 +303,8 @@ def test_an_attack_runs_only_against_the_defenses_it_names(tmp_path, reg):
     path = write(tmp_path, extra_attacks='[[attacks]]\nname = "counted-gda"\nid = "counted"\n'
                                          'budgets = [0.1]\nagainst = ["gda"]')
     store, run_id = run(path, reg, tmp_path / "r.db", tmp_path / "cache")
-    rows = [r for r in store.matches(run_id) if r["attack"] == "counted-gda"]
-    assert [(r["defense"], r["status"]) for r in rows] == [("gda", "ok")]
+    rows = [r for r in store.matches(run_id) if r.attack == "counted-gda"]
+    assert [(r.defense, r.status) for r in rows] == [("gda", "ok")]
     assert len(store.matches(run_id)) == 2 * 3 + 1
     calls = CALLS["count"]
     store.conn.execute("UPDATE runs SET status = 'running'")  # as if killed before finishing
@@ -327,7 +326,7 @@ def test_a_trained_sanitiser_is_cached_like_a_trained_model(tmp_path, reg, monke
     results = []
     for i in range(2):
         store, run_id = run(path, reg, tmp_path / f"r{i}.db", tmp_path / "cache")
-        results.append(sorted((r["attack"], r["budget"], r["robust_mask"], r["status"])
-                              for r in store.matches(run_id) if r["defense"] == "dln"))
+        results.append(sorted((r.attack, r.budget, r.robust_mask, r.status)
+                              for r in store.matches(run_id) if r.defense == "dln"))
         assert len(trained) == 1, f"run {i} trained the sanitiser {len(trained)} times in all"
     assert results[0] == results[1] and len(results[0]) == 3

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ConfigError
+from arena.leaderboard.labels import budget_label
 from arena.leaderboard.tables import worst_case
-from arena.tournament.store import Store
+from arena.tournament.store import MatchRecord, ModelRecord, Store
 
 FORMATS = ("png", "svg")
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None}}
@@ -46,11 +47,6 @@ def unique_slugs(names: list[str]) -> dict[str, str]:
     return out
 
 
-def budget_slug(budget: float) -> str:
-    """``0.1`` -> ``0.1``, ``inf`` -> ``inf``: budgets as they appear in file names."""
-    return "inf" if math.isinf(budget) else f"{budget:g}"
-
-
 def _pyplot():
     """matplotlib's pyplot on the Agg backend, or a user error saying how to install it."""
     try:
@@ -74,8 +70,8 @@ def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _run_data(store: Store, run_id: int | None) -> tuple[int, list, list]:
-    """The run id (newest by default), its model rows and its match rows."""
+def _run_data(store: Store, run_id: int | None) -> tuple[int, list[ModelRecord], list[MatchRecord]]:
+    """The run id (newest by default), its model records and its match records."""
     run_id = run_id if run_id is not None else store.latest_run()
     if run_id is None or store.run(run_id) is None:
         raise ConfigError(f"{store.path}: no tournament run found")
@@ -91,84 +87,84 @@ def accuracy_vs_budget(store: Store, run_id: int | None, out_dir: str | Path) ->
     run_id, models, matches = _run_data(store, run_id)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    attacks = list(dict.fromkeys(m["attack"] for m in matches))
+    attacks = list(dict.fromkeys(m.attack for m in matches))
     slugs = unique_slugs(attacks)
     paths: list[Path] = []
     with _pyplot().rc_context(_STYLE):
         for attack in attacks:
-            fig = _accuracy_figure(attack, [m for m in matches if m["attack"] == attack], models)
+            fig = _accuracy_figure(attack, [m for m in matches if m.attack == attack], models)
             paths += _save(fig, out_dir, f"accuracy-{slugs[attack]}")
     return paths
 
 
-def _accuracy_figure(attack: str, rows: list, models: list) -> Any:
+def _accuracy_figure(attack: str, rows: list[MatchRecord], models: list[ModelRecord]) -> Any:
     """One attack's accuracy-versus-budget figure."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     first = rows[0]
     for model in models:
-        d = model["defense"]
-        mine = sorted((m for m in rows if m["defense"] == d), key=lambda m: m["budget"])
-        xs, ys = [0.0], [100 * model["clean_accuracy"]]
+        d = model.defense
+        mine = sorted((m for m in rows if m.defense == d), key=lambda m: m.budget)
+        xs, ys = [0.0], [100 * model.clean_accuracy]
         for m in mine:
-            if not math.isinf(m["budget"]):
-                xs.append(m["budget"])
+            if not math.isinf(m.budget):
+                xs.append(m.budget)
                 ys.append(_pct(m))
         ax.plot(xs, ys, marker="o", label=d + _unbounded_label(mine))
     _budget_axis(ax, rows)
-    ax.set_xlabel(f"budget ε ({first['norm']})")
+    ax.set_xlabel(f"budget ε ({first.norm})")
     ax.set_ylabel("adversarial accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(f"{attack} ({first['attack_id']}, {first['knowledge']})")
+    ax.set_title(f"{attack} ({first.attack_id}, {first.knowledge})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return fig
 
 
-def _budget_axis(ax: Any, rows: list) -> None:
+def _budget_axis(ax: Any, rows: list[MatchRecord]) -> None:
     """Start the budget axis at 0 and, if no match of the attack succeeded, say so on the plot."""
-    finite = [m["budget"] for m in rows if not math.isinf(m["budget"])]
+    finite = [m.budget for m in rows if not math.isinf(m.budget)]
     top = max(finite, default=0.0) or 1.0
     ax.set_xlim(-0.03 * top, 1.03 * top)
-    if not any(m["status"] == "ok" for m in rows):
+    if not any(m.ok for m in rows):
         ax.text(0.5, 0.5, "every match of this attack failed to run\n(see the notes)", transform=ax.transAxes,
                 ha="center", va="center", color="#a61b1b")
 
 
-def _pct(m: Any) -> float:
+def _pct(m: MatchRecord) -> float:
     """A match's robust accuracy in percent, NaN (a gap in the line) unless it succeeded."""
-    ok = m["status"] == "ok" and m["robust_accuracy"] is not None
-    return 100 * m["robust_accuracy"] if ok else math.nan
+    ok = m.ok and m.robust_accuracy is not None
+    return 100 * m.robust_accuracy if ok else math.nan
 
 
-def _unbounded_label(rows: list) -> str:
+def _unbounded_label(rows: list[MatchRecord]) -> str:
     """`` (ε=∞: 3.0%)`` for a defense with an unbounded row, else an empty string."""
-    inf = [m for m in rows if math.isinf(m["budget"])]
+    inf = [m for m in rows if math.isinf(m.budget)]
     if not inf:
         return ""
     value = _pct(inf[0])
-    return f" (ε=∞: {inf[0]['status']})" if math.isnan(value) else f" (ε=∞: {value:.1f}%)"
+    return f" (ε=∞: {inf[0].status})" if math.isnan(value) else f" (ε=∞: {value:.1f}%)"
 
 
-def default_budgets(matches: list) -> dict[str, float]:
+def default_budgets(matches: list[MatchRecord]) -> dict[str, float]:
     """For each norm, the median of the finite budgets present (the lower middle one if even)."""
     out = {}
-    for norm in sorted({m["norm"] for m in matches}):
-        budgets = sorted({m["budget"] for m in matches if m["norm"] == norm and not math.isinf(m["budget"])})
+    for norm in sorted({m.norm for m in matches}):
+        budgets = sorted({m.budget for m in matches if m.norm == norm and not math.isinf(m.budget)})
         if budgets:
             out[norm] = budgets[(len(budgets) - 1) // 2]
     return out
 
 
-def _chosen_budgets(matches: list, budget: float | None) -> dict[str, float]:
+def _chosen_budgets(matches: list[MatchRecord], budget: float | None) -> dict[str, float]:
     """The budget to plot for each norm; a budget given explicitly keeps the norms that have it."""
     if budget is None:
         return default_budgets(matches)
-    chosen = {n: budget for n in sorted({m["norm"] for m in matches})
-              if any(m["norm"] == n and m["budget"] == budget for m in matches)}
+    chosen = {n: budget for n in sorted({m.norm for m in matches})
+              if any(m.norm == n and m.budget == budget for m in matches)}
     if not chosen:
-        present = ", ".join(budget_slug(b) for b in sorted({m["budget"] for m in matches}))
-        raise ConfigError(f"no match at budget {budget_slug(budget)}; budgets present: {present}")
+        present = ", ".join(budget_label(b) for b in sorted({m.budget for m in matches}))
+        raise ConfigError(f"no match at budget {budget_label(budget)}; budgets present: {present}")
     return chosen
 
 
@@ -184,24 +180,25 @@ def heatmap(store: Store, run_id: int | None, out_dir: str | Path, budget: float
     paths: list[Path] = []
     with _pyplot().rc_context(_STYLE):
         for norm, eps in _chosen_budgets(matches, budget).items():
-            fig = _heatmap_figure(norm, eps, models, [m for m in matches if m["norm"] == norm and m["budget"] == eps])
-            paths += _save(fig, out_dir, f"heatmap-{slugify(norm)}-{budget_slug(eps)}")
+            fig = _heatmap_figure(norm, eps, models, [m for m in matches if m.norm == norm and m.budget == eps])
+            paths += _save(fig, out_dir, f"heatmap-{slugify(norm)}-{budget_label(eps, ascii=True)}")
     return paths
 
 
-def _heatmap_grid(models: list, rows: list) -> tuple[list[str], list[list[float]], list[list[str]]]:
+def _heatmap_grid(models: list[ModelRecord],
+                  rows: list[MatchRecord]) -> tuple[list[str], list[list[float]], list[list[str]]]:
     """Column labels, values (NaN where no result) and cell texts of a heatmap."""
-    attacks = list(dict.fromkeys(m["attack"] for m in rows))
-    by_key = {(m["defense"], m["attack"]): m for m in rows}
+    attacks = list(dict.fromkeys(m.attack for m in rows))
+    by_key = {(m.defense, m.attack): m for m in rows}
     values, texts = [], []
     for model in models:
         line_v, line_t = [], []
         for a in attacks:
-            m = by_key.get((model["defense"], a))
+            m = by_key.get((model.defense, a))
             v = math.nan if m is None else _pct(m)
             line_v.append(v)
-            line_t.append("–" if m is None else m["status"] if math.isnan(v) else f"{v:.1f}")
-        worst = worst_case(model, [by_key[(model["defense"], a)] for a in attacks if (model["defense"], a) in by_key])
+            line_t.append("–" if m is None else m.status if math.isnan(v) else f"{v:.1f}")
+        worst = worst_case(model, [by_key[(model.defense, a)] for a in attacks if (model.defense, a) in by_key])
         line_v.append(math.nan if worst is None else 100 * worst)
         line_t.append("–" if worst is None else f"{100 * worst:.1f}")
         values.append(line_v)
@@ -209,7 +206,7 @@ def _heatmap_grid(models: list, rows: list) -> tuple[list[str], list[list[float]
     return attacks + ["worst case"], values, texts
 
 
-def _heatmap_figure(norm: str, eps: float, models: list, rows: list) -> Any:
+def _heatmap_figure(norm: str, eps: float, models: list[ModelRecord], rows: list[MatchRecord]) -> Any:
     """One norm's annotated heatmap at budget ``eps``."""
     plt = _pyplot()
     import matplotlib
@@ -221,13 +218,13 @@ def _heatmap_figure(norm: str, eps: float, models: list, rows: list) -> Any:
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     image = ax.imshow(data, cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(models)), [m["defense"] for m in models])
+    ax.set_yticks(range(len(models)), [m.defense for m in models])
     ax.axvline(len(columns) - 1.5, color="white", linewidth=3)
     for i, line in enumerate(texts):
         for j, text in enumerate(line):
             v = values[i][j]
             color = "black" if math.isnan(v) or v >= 50 else "white"
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize="small")
-    ax.set_title(f"robust accuracy (%) at ε={budget_slug(eps)} ({norm})")
+    ax.set_title(f"robust accuracy (%) at ε={budget_label(eps)} ({norm})")
     fig.colorbar(image, ax=ax, label="%")
     return fig

@@ -29,7 +29,8 @@ from typing import Any
 
 from arena.errors import ConfigError
 from arena.leaderboard import plots, tables
-from arena.tournament.store import Store, decode_mask
+from arena.leaderboard.labels import budget_label
+from arena.tournament.store import MatchRecord, ModelRecord, RunRecord, Store
 
 MARKER = ".arena-site"
 ASSETS = ("site.css", "sort.js", "favicon.svg")
@@ -42,28 +43,31 @@ class Site:
     """Everything the page writers need about one run."""
 
     out: Path
-    run: Any
-    provenance: dict
+    run: RunRecord
     board: tables.Leaderboard
-    models: list
-    matches: list
+    models: list[ModelRecord]
+    matches: list[MatchRecord]
     defense_slugs: dict[str, str]
     attack_slugs: dict[str, str]
     toml_name: str
     by_column: dict = field(default_factory=dict)
     by_label: dict = field(default_factory=dict)
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.run.provenance
+
     def __post_init__(self) -> None:
         """Index the matches by (defense, column header) and (defense, attack, budget label)."""
         for m in self.matches:
-            label = tables.budget_label(m["budget"])
-            self.by_column[(m["defense"], f"{m['attack']} ε={label}")] = m
-            self.by_label[(m["defense"], m["attack"], label)] = m
+            label = budget_label(m.budget)
+            self.by_column[(m.defense, f"{m.attack} ε={label}")] = m
+            self.by_label[(m.defense, m.attack, label)] = m
 
-    def match_href(self, m: Any) -> str:
+    def match_href(self, m: MatchRecord) -> str:
         """The match page's path relative to the site root."""
-        return (f"matches/{self.defense_slugs[m['defense']]}--{self.attack_slugs[m['attack']]}"
-                f"--{plots.budget_slug(m['budget'])}.html")
+        return (f"matches/{self.defense_slugs[m.defense]}--{self.attack_slugs[m.attack]}"
+                f"--{budget_label(m.budget, ascii=True)}.html")
 
     def defense_href(self, defense: str) -> str:
         """The defense page's path relative to the site root."""
@@ -80,17 +84,17 @@ def publish(store: Store, run_id: int | None, out_dir: str | Path) -> Path:
     run = store.run(run_id)
     out = _prepare(Path(out_dir))
     models, matches = store.models(run_id), store.matches(run_id)
-    stem = Path(run["source"]).stem if run["source"] else run["name"]
-    site = Site(out, run, json.loads(run["provenance_json"] or "{}"), board, models, matches,
-                plots.unique_slugs([m["defense"] for m in models]), plots.unique_slugs([m["attack"] for m in matches]),
+    stem = Path(run.source).stem if run.source else run.name
+    site = Site(out, run, board, models, matches,
+                plots.unique_slugs([m.defense for m in models]), plots.unique_slugs([m.attack for m in matches]),
                 f"{plots.slugify(stem)}.toml")
     _copy_assets(out / "assets")
     figures = plots.accuracy_vs_budget(store, run_id, out / "plots") + plots.heatmap(store, run_id, out / "plots")
     _write_downloads(site)
     for m in site.matches:
-        _write(out / site.match_href(m), _page(site, f"{m['attack']} vs {m['defense']}", _match_body(site, m), 1))
+        _write(out / site.match_href(m), _page(site, f"{m.attack} vs {m.defense}", _match_body(site, m), 1))
     for model in site.models:
-        _write(out / site.defense_href(model["defense"]), _page(site, model["defense"], _defense_body(site, model), 1))
+        _write(out / site.defense_href(model.defense), _page(site, model.defense, _defense_body(site, model), 1))
     index = out / "index.html"
     _write(index, _page(site, board.title, _index_body(site, [p for p in figures if p.suffix == ".svg"]), 0))
     return index
@@ -124,8 +128,8 @@ def _write(path: Path, text: str) -> None:
 
 def _write_downloads(site: Site) -> None:
     """The tournament file (or, if none was recorded, its configuration) and the results."""
-    if site.run["source_text"] is not None:
-        _write(site.out / site.toml_name, site.run["source_text"])
+    if site.run.source_text is not None:
+        _write(site.out / site.toml_name, site.run.source_text)
     _write(site.out / "results.json", site.board.render("json"))
     _write(site.out / "results.csv", site.board.render("csv"))
 
@@ -147,7 +151,7 @@ def _page(site: Site, title: str, body: str, depth: int) -> str:
         + (f"<p class=\"crumbs\"><a href=\"{up}index.html\">← leaderboard</a></p>\n" if depth else "")
         + body
         + f"\n<footer>Published by <code>arena publish</code> (adversarial-arena {escape(str(version))})"
-          f" from run {site.run['id']} of <em>{escape(site.run['name'])}</em>.</footer>\n</body>\n</html>\n"
+          f" from run {site.run.id} of <em>{escape(site.run.name)}</em>.</footer>\n</body>\n</html>\n"
     )
 
 
@@ -175,16 +179,6 @@ def _facts(pairs: list[tuple[str, str]]) -> str:
     return f"<dl class=\"facts\">\n{items}</dl>\n"
 
 
-def _get(row: Any, key: str) -> Any:
-    """A column of a database row, None where an older database lacks it."""
-    return row[key] if key in row.keys() else None
-
-
-def _loads(text: str | None) -> Any:
-    """JSON text from the database, ``{}`` when absent."""
-    return json.loads(text) if text else {}
-
-
 def _json_pre(data: Any) -> str:
     """Pretty, key-sorted, escaped JSON in a <pre>."""
     return f"<pre>{escape(json.dumps(data, indent=2, sort_keys=True, default=str))}</pre>\n"
@@ -194,12 +188,12 @@ def _json_pre(data: Any) -> str:
 
 def _index_body(site: Site, figures: list[Path]) -> str:
     """The front page: summary, one table per norm, plots, notes, reproduce, provenance."""
-    run, n_fail = site.run, sum(m["status"] != "ok" for m in site.matches)
+    run, n_fail = site.run, sum(not m.ok for m in site.matches)
     norms = " ".join(f"<a href=\"#norm-{plots.slugify(s.norm)}\">{escape(s.norm)}</a>" for s in site.board.sections)
-    head = (f"<h1>{escape(run['name'])}</h1>\n<p class=\"muted\">{escape(site.board.title)}</p>\n"
-            f"<p>Run {run['id']} ({escape(run['status'])}), seed {run['seed']}: {len(site.models)} defenses, "
+    head = (f"<h1>{escape(run.name)}</h1>\n<p class=\"muted\">{escape(site.board.title)}</p>\n"
+            f"<p>Run {run.id} ({escape(run.status)}), seed {run.seed}: {len(site.models)} defenses, "
             f"{len(site.attack_slugs)} attacks, {len(site.matches)} matches ({n_fail} not ok). "
-            f"Started {_when(run['started'])}, finished {_when(run['finished'])}.</p>\n"
+            f"Started {_when(run.started)}, finished {_when(run.finished)}.</p>\n"
             f"<nav class=\"toc\">Leaderboards: {norms} · <a href=\"#plots\">plots</a> "
             "<a href=\"#notes\">notes</a> <a href=\"#reproduce\">reproduce</a> "
             "<a href=\"#provenance\">provenance</a></nav>\n")
@@ -295,18 +289,18 @@ def _reproduce_html(site: Site) -> str:
     run, name = site.run, site.toml_name
     db = f"results/{Path(name).stem}.db"
     head = "<h2 id=\"reproduce\">Reproduce</h2>\n"
-    if run["source_text"] is None:
+    if run.source_text is None:
         return (head + "<p>This run was started without a tournament file; its validated configuration "
-                "(configuration hash <code>" + escape(run["config_hash"]) + "</code>) was:</p>\n"
-                + _json_pre(json.loads(run["config_json"])))
-    digest = hashlib.sha256(run["source_text"].encode()).hexdigest()
+                "(configuration hash <code>" + escape(run.config_hash) + "</code>) was:</p>\n"
+                + _json_pre(run.config))
+    digest = hashlib.sha256(run.source_text.encode()).hexdigest()
     commands = f"arena run {name}\narena publish {db} site/"
     return (head + f"<p>Download <a href=\"{escape(name)}\" download=\"{escape(name)}\">{escape(name)}</a> "
-            f"(recorded from <code>{escape(str(run['source']))}</code>; sha256 <code>{digest}</code>; "
-            f"configuration hash <code>{escape(run['config_hash'])}</code>) and run, with the package "
+            f"(recorded from <code>{escape(str(run.source))}</code>; sha256 <code>{digest}</code>; "
+            f"configuration hash <code>{escape(run.config_hash)}</code>) and run, with the package "
             "versions listed under provenance:</p>\n"
             f"<pre id=\"command\">{escape(commands)}</pre>\n<p>The tournament file:</p>\n"
-            f"<pre id=\"tournament-file\">{escape(run['source_text'])}</pre>\n")
+            f"<pre id=\"tournament-file\">{escape(run.source_text)}</pre>\n")
 
 
 def _provenance_html(site: Site) -> str:
@@ -314,10 +308,10 @@ def _provenance_html(site: Site) -> str:
     prov, run = dict(site.provenance), site.run
     packages = prov.pop("packages", {})
     prov.pop("config_hash", None)  # shown from the run row
-    pairs = [("run", escape(f"{run['id']} ({run['status']})")), ("seed", escape(str(run["seed"]))),
-             ("configuration hash", f"<code>{escape(run['config_hash'])}</code>"),
-             ("tournament file", escape(str(run["source"] or "–"))),
-             ("started", _when(run["started"])), ("finished", _when(run["finished"]))]
+    pairs = [("run", escape(f"{run.id} ({run.status})")), ("seed", escape(str(run.seed))),
+             ("configuration hash", f"<code>{escape(run.config_hash)}</code>"),
+             ("tournament file", escape(str(run.source or "–"))),
+             ("started", _when(run.started)), ("finished", _when(run.finished))]
     pairs += [(k, escape(str(v))) for k, v in sorted(prov.items())]
     pairs += [(f"package {k}", f"<code>{escape(str(v))}</code>") for k, v in sorted(packages.items())]
     return _facts(pairs)
@@ -325,48 +319,48 @@ def _provenance_html(site: Site) -> str:
 
 # --- detail pages ------------------------------------------------------------------------------
 
-def _match_body(site: Site, m: Any) -> str:
+def _match_body(site: Site, m: MatchRecord) -> str:
     """A match's status, metrics, error, attack configuration and provenance."""
-    mask = decode_mask(m["robust_mask"]) if m["robust_mask"] else []
-    budget = tables.budget_label(m["budget"])
-    pairs = [("defense", f"<a href=\"../{site.defense_href(m['defense'])}\">{escape(m['defense'])}</a>"),
-             ("attack", escape(m["attack"])), ("attack plugin", f"<code>{escape(m['attack_id'])}</code>"),
-             ("norm", escape(m["norm"])), ("threat model", escape(tables.threat_model(m))),
+    mask = m.robust_mask or ()
+    budget = budget_label(m.budget)
+    pairs = [("defense", f"<a href=\"../{site.defense_href(m.defense)}\">{escape(m.defense)}</a>"),
+             ("attack", escape(m.attack)), ("attack plugin", f"<code>{escape(m.attack_id)}</code>"),
+             ("norm", escape(m.norm)), ("threat model", escape(m.threat_model)),
              ("budget ε", escape(budget)),
-             ("status", f"<strong>{escape(m['status'])}</strong>"),
-             ("robust accuracy", _fmt(m["robust_accuracy"], "pct")),
+             ("status", f"<strong>{escape(m.status)}</strong>"),
+             ("robust accuracy", _fmt(m.robust_accuracy, "pct")),
              ("robust samples", f"{sum(mask)} of {len(mask)}" if mask else "–"),
-             ("attack success rate", _fmt(m["success_rate"], "pct")),
-             ("mean distance", escape(_fmt(m["mean_distance"]))), ("mean queries", escape(_fmt(m["mean_queries"]))),
-             ("wall time", _fmt(m["wall_seconds"], "s")), ("started", _when(m["started"])),
-             ("finished", _when(m["finished"]))]
-    error = f"<h2>Error</h2>\n<pre class=\"error\">{escape(m['error'])}</pre>\n" if m["error"] else ""
-    return (f"<h1>{escape(m['attack'])} vs {escape(m['defense'])} at ε={escape(budget)}</h1>\n" + _facts(pairs)
-            + error + "<h2>Attack configuration</h2>\n" + _json_pre(json.loads(m["attack_config_json"]))
-            + "<h2>Match provenance</h2>\n" + _json_pre(_loads(_get(m, "provenance_json")))
+             ("attack success rate", _fmt(m.success_rate, "pct")),
+             ("mean distance", escape(_fmt(m.mean_distance))), ("mean queries", escape(_fmt(m.mean_queries))),
+             ("wall time", _fmt(m.wall_seconds, "s")), ("started", _when(m.started)),
+             ("finished", _when(m.finished))]
+    error = f"<h2>Error</h2>\n<pre class=\"error\">{escape(m.error)}</pre>\n" if m.error else ""
+    return (f"<h1>{escape(m.attack)} vs {escape(m.defense)} at ε={escape(budget)}</h1>\n" + _facts(pairs)
+            + error + "<h2>Attack configuration</h2>\n" + _json_pre(m.attack_config)
+            + "<h2>Match provenance</h2>\n" + _json_pre(m.provenance)
             + "<h2>Run provenance</h2>\n" + _provenance_html(site)
             + "<p>To reproduce, see <a href=\"../index.html#reproduce\">the tournament file and command</a>.</p>\n")
 
 
-def _defense_body(site: Site, model: Any) -> str:
+def _defense_body(site: Site, model: ModelRecord) -> str:
     """A defense's training configuration and the list of its matches."""
-    d = model["defense"]
-    pairs = [("plugin", f"<code>{escape(model['defense_id'])}</code>"), ("kind", escape(model["defense_kind"])),
+    d = model.defense
+    pairs = [("plugin", f"<code>{escape(model.defense_id)}</code>"), ("kind", escape(model.defense_kind)),
              ("backend", escape(tables.backend(model))),
-             ("clean accuracy", _fmt(model["clean_accuracy"], "pct")),
-             ("detector false-positive rate", _fmt(model["false_positive_rate"], "pct")),
-             ("training time", _fmt(model["train_seconds"], "s")),
-             ("model cache key", f"<code>{escape(str(model['cache_key'] or '–'))}</code>")]
+             ("clean accuracy", _fmt(model.clean_accuracy, "pct")),
+             ("detector false-positive rate", _fmt(model.false_positive_rate, "pct")),
+             ("training time", _fmt(model.train_seconds, "s")),
+             ("model cache key", f"<code>{escape(str(model.cache_key or '–'))}</code>")]
     rows = "".join(
-        f"<tr><td class=\"name\"><a href=\"../{site.match_href(m)}\">{escape(m['attack'])}</a></td>"
-        f"<td>{escape(m['norm'])}</td><td>{escape(tables.budget_label(m['budget']))}</td>"
-        f"<td>{escape(m['status'])}</td><td>{_fmt(m['robust_accuracy'], 'pct')}</td>"
-        f"<td>{escape(_fmt(m['mean_queries']))}</td><td>{_fmt(m['wall_seconds'], 's')}</td></tr>\n"
-        for m in site.matches if m["defense"] == d)
+        f"<tr><td class=\"name\"><a href=\"../{site.match_href(m)}\">{escape(m.attack)}</a></td>"
+        f"<td>{escape(m.norm)}</td><td>{escape(budget_label(m.budget))}</td>"
+        f"<td>{escape(m.status)}</td><td>{_fmt(m.robust_accuracy, 'pct')}</td>"
+        f"<td>{escape(_fmt(m.mean_queries))}</td><td>{_fmt(m.wall_seconds, 's')}</td></tr>\n"
+        for m in site.matches if m.defense == d)
     head = "".join(f"<th scope=\"col\">{h}</th>" for h in
                    ("attack", "norm", "ε", "status", "robust accuracy", "mean queries", "wall time"))
     return (f"<h1>{escape(d)}</h1>\n" + _facts(pairs) + "<h2>Configuration</h2>\n"
-            + _json_pre(json.loads(model["config_json"])) + "<h2>Model provenance</h2>\n"
-            + _json_pre(_loads(_get(model, "provenance_json"))) + "<h2>Model probes (sanity checks)</h2>\n"
-            + _json_pre(_loads(_get(model, "checks_json"))) + "<h2>Matches</h2>\n<div class=\"scroll\">\n"
+            + _json_pre(model.config) + "<h2>Model provenance</h2>\n"
+            + _json_pre(model.provenance) + "<h2>Model probes (sanity checks)</h2>\n"
+            + _json_pre(model.checks) + "<h2>Matches</h2>\n<div class=\"scroll\">\n"
             f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n</div>\n")

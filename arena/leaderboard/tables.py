@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
-from arena import checks
 from arena.errors import ConfigError
-from arena.tournament.store import Store, decode_mask
+from arena.leaderboard.flags import flags
+from arena.leaderboard.labels import budget_label
+from arena.tournament.store import MatchRecord, ModelRecord, Store
 
 TEXT_FORMATS = {"table": "simple", "markdown": "github", "latex": "latex_booktabs", "html": "html"}
 FORMATS = (*TEXT_FORMATS, "csv", "json")
@@ -79,135 +80,118 @@ def _finite(v: object) -> object:
     return v
 
 
-def budget_label(b: float) -> str:
-    return "∞" if math.isinf(b) else f"{b:g}"
-
-
 def build(store: Store, run_id: int | None = None, *, dataset: str | None = None,
           budget: float | None = None, knowledge: str | None = None) -> Leaderboard:
     """The leaderboard of ``run_id`` (the newest run by default), optionally filtered to one
-    dataset (the run's), one budget and one threat model (:func:`threat_model`)."""
+    dataset (the run's), one budget and one threat model (``knowledge``: a match's stored
+    ``threat_model``, so ``transfer`` and ``black-box`` are told apart)."""
     run_id = run_id if run_id is not None else store.latest_run()
     run = store.run(run_id) if run_id is not None else None
     if run is None:
         raise ConfigError(f"{store.path}: no tournament run found")
-    run_dataset = json.loads(run["config_json"])["dataset"]["id"]
+    run_dataset = run.dataset
     if dataset is not None and dataset != run_dataset:
         raise ConfigError(f"{store.path}: run {run_id} is on dataset '{run_dataset}', not '{dataset}'")
     models, matches = store.models(run_id), store.matches(run_id)
     if budget is not None:
-        matches = [m for m in matches if math.isclose(m["budget"], budget, rel_tol=1e-9)]
+        matches = [m for m in matches if math.isclose(m.budget, budget, rel_tol=1e-9)]
     if knowledge is not None:
-        matches = [m for m in matches if threat_model(m) == knowledge]
+        matches = [m for m in matches if m.threat_model == knowledge]
     if (budget is not None or knowledge is not None) and not matches:
         raise ConfigError(f"{store.path}: no match of run {run_id} fits the filters")
-    sections = [_section(norm, models, [m for m in matches if m["norm"] == norm])
-                for norm in sorted({m["norm"] for m in matches if m["norm"]})]
+    sections = [_section(norm, models, [m for m in matches if m.norm == norm])
+                for norm in sorted({m.norm for m in matches if m.norm})]
     sections.append(_attack_section(models, matches))
-    notes = [f"sanity: {flag}" for flag in checks.flags(models, matches)]
+    notes = [f"sanity: {flag}" for flag in flags(models, matches)]
     if any(backend(m) != "torch" for m in models):  # say which backend ran each entrant
-        notes += [f"{m['defense']}: backend {backend(m)}{_model_file(m)}" for m in models]
-    notes += [f"{m['defense']}: detector flags {100 * m['false_positive_rate']:.1f}% of clean inputs"
-             for m in models if m["false_positive_rate"] is not None]
-    notes += [f"{m['attack']} vs {m['defense']} (ε={budget_label(m['budget'])}): {m['status']}: {m['error']}"
-              for m in matches if m["status"] != "ok"]
-    title = (f"{run['name']} on {run_dataset} (run {run_id}, seed {run['seed']}): accuracy in %, "
+        notes += [f"{m.defense}: backend {backend(m)}{_model_file(m)}" for m in models]
+    notes += [f"{m.defense}: detector flags {100 * m.false_positive_rate:.1f}% of clean inputs"
+              for m in models if m.false_positive_rate is not None]
+    notes += [f"{m.attack} vs {m.defense} (ε={budget_label(m.budget)}): {m.status}: {m.error}"
+              for m in matches if not m.ok]
+    title = (f"{run.name} on {run_dataset} (run {run_id}, seed {run.seed}): accuracy in %, "
              "defenses ranked by mean worst case")
     return Leaderboard(title, sections, notes, _long_rows(models, matches))
 
 
-def _section(norm: str, models: list, matches: list) -> Section:
-    attacks = list(dict.fromkeys(m["attack"] for m in matches))
-    columns = [(a, b) for a in attacks for b in sorted({m["budget"] for m in matches if m["attack"] == a})]
-    budgets = sorted({m["budget"] for m in matches})
-    by_key = {(m["defense"], m["attack"], m["budget"]): m for m in matches}
+def _section(norm: str, models: list[ModelRecord], matches: list[MatchRecord]) -> Section:
+    attacks = list(dict.fromkeys(m.attack for m in matches))
+    columns = [(a, b) for a in attacks for b in sorted({m.budget for m in matches if m.attack == a})]
+    budgets = sorted({m.budget for m in matches})
+    by_key = {(m.defense, m.attack, m.budget): m for m in matches}
     headers = ["defense", "clean"] + [f"{a} ε={budget_label(b)}" for a, b in columns]
     headers += [f"worst ε={budget_label(b)}" for b in budgets]
     rows = []
     for model in models:
-        d = model["defense"]
-        cells: list[object] = [d, model["clean_accuracy"]]
+        d = model.defense
+        cells: list[object] = [d, model.clean_accuracy]
         for a, b in columns:
             m = by_key.get((d, a, b))
-            cells.append(None if m is None else m["robust_accuracy"] if m["status"] == "ok" else m["status"])
-        cells += [worst_case(model, [m for m in matches if m["defense"] == d and m["budget"] == b]) for b in budgets]
+            cells.append(None if m is None else m.robust_accuracy if m.ok else m.status)
+        cells += [worst_case(model, [m for m in matches if m.defense == d and m.budget == b]) for b in budgets]
         rows.append(cells)
     k = len(budgets)
     rows.sort(key=lambda r: -_mean([v for v in r[len(r) - k:] if isinstance(v, float)]))
     return Section(norm, headers, rows)
 
 
-def _attack_section(models: list, matches: list) -> Section:
+def _attack_section(models: list[ModelRecord], matches: list[MatchRecord]) -> Section:
     """Attacks ranked by mean success against every defense (NIPS 2017 competition style: an
     attack scores the share of defended, correctly classified samples it breaks)."""
-    defenses = [m["defense"] for m in models]
-    keys = list(dict.fromkeys((m["attack"], m["budget"]) for m in matches if m["status"] == "ok"))
-    by_key = {(m["defense"], m["attack"], m["budget"]): m for m in matches}
+    defenses = [m.defense for m in models]
+    keys = list(dict.fromkeys((m.attack, m.budget) for m in matches if m.ok))
+    by_key = {(m.defense, m.attack, m.budget): m for m in matches}
     headers = ["attack", "threat model", "ε", "score"] + [f"vs {d}" for d in defenses] + ["queries", "seconds"]
     rows = []
     for attack, budget in keys:
         cells = [by_key.get((d, attack, budget)) for d in defenses]
-        ok = [c for c in cells if c is not None and c["status"] == "ok"]
+        ok = [c for c in cells if c is not None and c.ok]
         first = ok[0]
-        rates = [c["success_rate"] if c is not None and c["status"] == "ok" else None for c in cells]
-        queries = _mean([c["mean_queries"] or 0.0 for c in ok])
-        seconds = sum(c["wall_seconds"] or 0.0 for c in ok)
-        rows.append([attack, f"{threat_model(first)} {first['norm']}", budget_label(budget),
+        rates = [c.success_rate if c is not None and c.ok else None for c in cells]
+        queries = _mean([c.mean_queries or 0.0 for c in ok])
+        seconds = sum(c.wall_seconds or 0.0 for c in ok)
+        rows.append([attack, f"{first.threat_model} {first.norm}", budget_label(budget),
                      _mean([r for r in rates if r is not None]), *rates, f"{queries:.0f}", f"{seconds:.1f}"])
     rows.sort(key=lambda r: -r[3])
     return Section("attacks (success rate in %)", headers, rows)
 
 
-def threat_model(match) -> str:
-    """The threat model a match row is shown under: its attack's knowledge, except that a
-    transfer attack (examples crafted on a surrogate entry, stored as black-box since the target
-    is never queried) is shown as ``transfer``."""
-    return "transfer" if _provenance(match).get("surrogate") else match["knowledge"]
-
-
-def _provenance(row) -> dict:
-    """The provenance stored with a match or model row ({} for rows written without one)."""
-    keys = row.keys() if hasattr(row, "keys") else ()
-    return json.loads(row["provenance_json"] or "{}") if "provenance_json" in keys else {}
-
-
-def backend(model) -> str:
+def backend(model: ModelRecord) -> str:
     """The backend that ran a defense's model ("torch", "keras (tensorflow)"); a wrapper or
     detector reports the backend of the model it wraps."""
-    prov = _provenance(model)
+    prov = model.provenance
     name = str(prov.get("backend", "torch"))
     return f"{name} ({prov['keras_backend']})" if prov.get("keras_backend") else name
 
 
-def _model_file(model) -> str:
-    prov = _provenance(model)
+def _model_file(model: ModelRecord) -> str:
+    prov = model.provenance
     if not (prov.get("path") or prov.get("sha256")):
         return ""
     return (", model file" + (f" {prov['path']}" if prov.get("path") else "")
             + (f" (sha256 {prov['sha256'][:12]}…)" if prov.get("sha256") else ""))
 
 
-def worst_case(model, matches: list) -> float | None:
+def worst_case(model: ModelRecord, matches: list[MatchRecord]) -> float | None:
     """Per-example worst case over the ok matches given (one defense, one norm and budget)."""
-    ok = [m for m in matches if m["status"] == "ok" and m["robust_mask"]]
+    ok = [m for m in matches if m.ok and m.robust_mask]
     if not ok:
         return None
-    robust = decode_mask(model["clean_mask"])
+    robust = list(model.clean_mask)
     for m in ok:
-        robust = [r and s for r, s in zip(robust, decode_mask(m["robust_mask"]))]
+        robust = [r and s for r, s in zip(robust, m.robust_mask)]
     return sum(robust) / max(len(robust), 1)
 
 
-def _long_rows(models: list, matches: list) -> list[dict[str, object]]:
-    clean = {m["defense"]: m["clean_accuracy"] for m in models}
-    backends = {m["defense"]: backend(m) for m in models}
-    return [{"defense": m["defense"], "attack": m["attack"], "attack_id": m["attack_id"], "norm": m["norm"],
-             "knowledge": m["knowledge"], "threat_model": threat_model(m), "budget": m["budget"],
-             "status": m["status"],
-             "clean_accuracy": clean.get(m["defense"]), "robust_accuracy": m["robust_accuracy"],
-             "success_rate": m["success_rate"], "mean_distance": m["mean_distance"],
-             "mean_queries": m["mean_queries"], "wall_seconds": m["wall_seconds"],
-             "backend": backends.get(m["defense"])} for m in matches]
+def _long_rows(models: list[ModelRecord], matches: list[MatchRecord]) -> list[dict[str, object]]:
+    clean = {m.defense: m.clean_accuracy for m in models}
+    backends = {m.defense: backend(m) for m in models}
+    return [{"defense": m.defense, "attack": m.attack, "attack_id": m.attack_id, "norm": m.norm,
+             "knowledge": m.knowledge, "threat_model": m.threat_model, "budget": m.budget, "status": m.status,
+             "clean_accuracy": clean.get(m.defense), "robust_accuracy": m.robust_accuracy,
+             "success_rate": m.success_rate, "mean_distance": m.mean_distance,
+             "mean_queries": m.mean_queries, "wall_seconds": m.wall_seconds,
+             "backend": backends.get(m.defense)} for m in matches]
 
 
 def _mean(values: list[float]) -> float:

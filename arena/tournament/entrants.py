@@ -14,7 +14,7 @@ from arena.checks import model_checks
 from arena.data import DataSplits, Split
 from arena.defense import DetectorDefense, InferenceDefense, PretrainedDefense, TrainingDefense
 from arena.model import default_device, seeded
-from arena.plugin import DatasetRef
+from arena.refs import DatasetRef
 from arena.registry import Registry
 from arena.training import predict
 from arena.tournament.cache import ModelCache, content_key

@@ -143,8 +143,9 @@ def _row(defense: str, spec: MatchSpec, budget: float, status: str, error: str |
     plan, attack = spec.attack, spec.attack.attack
     return MatchRow(defense=defense, attack=plan.label, budget=budget, attack_id=plan.id,
                     attack_config=attack.config.model_dump(mode="json"), norm=attack.threat_norm.value,
-                    knowledge=plan.view.knowledge(attack), status=status, error=error,
-                    wall_seconds=wall, started=started, finished=time.time(), provenance=spec.provenance)
+                    knowledge=plan.view.knowledge(attack), threat_model=plan.view.threat_model(attack),
+                    status=status, error=error, wall_seconds=wall, started=started, finished=time.time(),
+                    provenance=spec.provenance)
 
 
 def failed_rows(defense: str, plan: AttackPlan, budgets: tuple[float, ...], reason: str) -> list[MatchRow]:
@@ -152,7 +153,8 @@ def failed_rows(defense: str, plan: AttackPlan, budgets: tuple[float, ...], reas
     attack = plan.attack
     return [MatchRow(defense=defense, attack=plan.label, budget=b, attack_id=plan.id,
                      attack_config=attack.config.model_dump(mode="json"), norm=attack.threat_norm.value,
-                     knowledge=plan.view.knowledge(attack), status="failed", error=reason.splitlines()[0])
+                     knowledge=plan.view.knowledge(attack), threat_model=plan.view.threat_model(attack),
+                     status="failed", error=reason.splitlines()[0])
             for b in budgets]
 
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from arena.attack import Attack, off_target
 from arena.defense import Defense
 from arena.errors import ConfigError, did_you_mean
-from arena.plugin import ArchitectureRef, DatasetRef, PluginRef
+from arena.refs import ArchitectureRef, DatasetRef, PluginRef
 from arena.registry import Registry
 from arena.threat import Knowledge
 from arena.tournament.config import AttackEntry, DefenseEntry, PluginEntry, TournamentConfig, read_tournament

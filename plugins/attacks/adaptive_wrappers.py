@@ -18,7 +18,8 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from arena.attack import Attack, RunOutput
-from arena.plugin import AttackRef, PluginConfig
+from arena.plugin import PluginConfig
+from arena.refs import AttackRef
 from arena.threat import Knowledge, Norm
 
 
@@ -187,7 +188,7 @@ class Repeated(Wrapper):
     Config = RepeatedConfig
 
     def run(self, model, x, y, eps, targets):
-        norm, view = self.inner.threat_norm, (-1,) + (1,) * (x.dim() - 1)
+        norm = self.inner.threat_norm
         self.inner.context = getattr(self, "context", None)
         best, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)

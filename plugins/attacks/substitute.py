@@ -18,7 +18,8 @@ from arena.attack import Attack, FixedBudgetAttack, off_target
 from arena.data import Split
 from arena.errors import ConfigError
 from arena.model import QueryOracle
-from arena.plugin import ArchitectureRef, AttackRef, PluginConfig
+from arena.plugin import PluginConfig
+from arena.refs import ArchitectureRef, AttackRef
 from arena.threat import Knowledge, Norm
 from arena.training import fit
 

@@ -20,7 +20,8 @@ from torch import nn
 
 from arena import hookimpl
 from arena.defense import TrainingConfig, TrainingDefense
-from arena.plugin import AttackRef, PluginConfig
+from arena.plugin import PluginConfig
+from arena.refs import AttackRef
 
 
 class AdversarialSpec(PluginConfig):

@@ -14,7 +14,9 @@ from arena.data import DataSplits
 from arena.defense import PretrainedDefense
 from arena.errors import ConfigError
 from arena.model import Architecture
-from arena.plugin import BackendRef, PluginConfig, active_registry
+from arena.plugin import PluginConfig
+from arena.refs import BackendRef
+from arena.registry import active_registry
 
 
 class ModelFileConfig(PluginConfig):

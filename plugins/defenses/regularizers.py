@@ -98,7 +98,7 @@ class GradientRegularizer(TrainingDefense):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         spec = self.config.adversarial
-        self.generator = AdversarialGenerator(spec, self.id) if spec is not None and spec.ratio > 0 else None
+        self.generator = AdversarialGenerator(spec) if spec is not None and spec.ratio > 0 else None
 
     def penalty(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

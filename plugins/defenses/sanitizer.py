@@ -14,7 +14,8 @@ from arena.attack import Attack
 from arena.data import DataSplits, Split
 from arena.defense import DefendedModel, InferenceDefense
 from arena.model import frozen, model_device
-from arena.plugin import AttackRef, PluginConfig
+from arena.plugin import PluginConfig
+from arena.refs import AttackRef
 from arena.training import fit
 from arena_builtins.defenses.noise import SIGMA, noisy_logits
 

@@ -1,0 +1,121 @@
+"""Sanity flags read from a run's results (Carlini et al. 2019, "On Evaluating Adversarial
+Robustness" §5; AutoAttack's flags): accuracy that rises with the budget, unbounded attacks that
+do not reach ~100% success, single-step attacks beating iterative ones, black-box, transfer or
+gray-box attacks beating white-box ones on some examples, randomised outputs evaluated without an
+adaptive (EOT) attack, and what the model probes of :func:`arena.checks.model_checks` found.
+
+Each flag says what it suggests and which attack to add.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from arena.leaderboard.labels import budget_label
+from arena.tournament.store import MatchRecord, ModelRecord
+
+
+@dataclass(frozen=True)
+class Flag:
+    defense: str
+    check: str
+    message: str
+    suggestion: str
+
+    def __str__(self) -> str:
+        return f"{self.defense}: {self.message} — suggests {self.suggestion}"
+
+
+def flags(models: list[ModelRecord], matches: list[MatchRecord], tolerance: float = 0.02) -> list[Flag]:
+    """All flags for one run (records from :class:`arena.tournament.store.Store`)."""
+    found: list[Flag] = []
+    for model in models:
+        d = model.defense
+        mine = [m for m in matches if m.defense == d and m.ok]
+        found += _model_flags(d, model)
+        found += _monotonic(d, mine, tolerance)
+        found += _unbounded(d, mine, model.clean_accuracy)
+        found += _single_step(d, mine, tolerance)
+        found += _weaker_access(d, mine)
+        if model.checks.get("randomized") and not any(m.knowledge == "adaptive" for m in mine):
+            found.append(Flag(d, "randomized-without-eot", "outputs are randomised but no adaptive attack was run",
+                              "stochastic gradients; add an EOT attack (eot, cw-eot)"))
+    return found
+
+
+def _model_flags(d: str, model: ModelRecord) -> list[Flag]:
+    checks, out = model.checks, []
+    if checks.get("zero_gradient_share", 0) > 0.1:
+        share = 100 * checks["zero_gradient_share"]
+        out.append(Flag(d, "zero-gradients", f"the loss gradient is zero on {share:.0f}% of clean inputs",
+                        "gradient masking or shattered gradients; add BPDA (bpda) and a decision-based attack "
+                        "(hopskipjump)"))
+    if checks.get("outputs_probabilities"):
+        out.append(Flag(d, "probabilities", "the model outputs probabilities rather than logits",
+                        "saturated softmax hides gradients; strip the softmax or attack the logits (cw-l2)"))
+    return out
+
+
+def _by_attack(matches: list[MatchRecord]) -> dict[tuple[str, str], list[MatchRecord]]:
+    groups: dict[tuple[str, str], list[MatchRecord]] = {}
+    for m in matches:
+        groups.setdefault((m.attack, m.norm), []).append(m)
+    return groups
+
+
+def _monotonic(d: str, matches: list[MatchRecord], tol: float) -> list[Flag]:
+    out = []
+    for (attack, _), rows in _by_attack(matches).items():
+        rows = sorted(rows, key=lambda m: m.budget)
+        for small, large in zip(rows, rows[1:]):
+            if large.robust_accuracy > small.robust_accuracy + tol:
+                out.append(Flag(d, "non-monotonic", f"{attack}: accuracy rises from "
+                                f"{100 * small.robust_accuracy:.1f}% at ε={budget_label(small.budget)} to "
+                                f"{100 * large.robust_accuracy:.1f}% at ε={budget_label(large.budget)}",
+                                "a weak or badly tuned attack, or gradient masking; add random restarts "
+                                "and more steps (pgd restarts)"))
+                break
+    return out
+
+
+def _unbounded(d: str, matches: list[MatchRecord], clean: float) -> list[Flag]:
+    out = []
+    for m in matches:
+        if math.isinf(m.budget) and m.success_rate is not None and m.success_rate < 0.99 and clean > 0:
+            out.append(Flag(d, "unbounded-fails", f"{m.attack}: an unbounded attack succeeds on only "
+                            f"{100 * m.success_rate:.1f}% of samples",
+                            "gradient masking or a broken attack; add a decision-based attack (hopskipjump) "
+                            "or BPDA"))
+    return out
+
+
+def _single_step(d: str, matches: list[MatchRecord], tol: float) -> list[Flag]:
+    out = []
+    single = [m for m in matches if m.knowledge == "white-box" and (m.mean_queries or 0) <= 1.0]
+    iterative = [m for m in matches if m.knowledge in ("white-box", "adaptive") and (m.mean_queries or 0) > 1.0]
+    for s in single:
+        for it in iterative:
+            if (it.norm, it.budget) == (s.norm, s.budget) and s.robust_accuracy + tol < it.robust_accuracy:
+                out.append(Flag(d, "single-step-wins", f"single-step {s.attack} beats iterative {it.attack} "
+                                f"at ε={budget_label(s.budget)}", "gradient masking; add more steps and random "
+                                "restarts, and a black-box attack"))
+    return out
+
+
+def _weaker_access(d: str, matches: list[MatchRecord]) -> list[Flag]:
+    """Examples broken by a black-box, transfer or gray-box attack but by no white-box one."""
+    out = []
+    for (norm, budget) in sorted({(m.norm, m.budget) for m in matches}):
+        rows = [m for m in matches if (m.norm, m.budget) == (norm, budget) and m.robust_mask is not None]
+        white = [m.robust_mask for m in rows if m.knowledge in ("white-box", "adaptive")]
+        weaker = [m for m in rows if m.knowledge in ("black-box", "gray-box")]
+        if not white:
+            continue
+        robust_white = [all(col) for col in zip(*white)]
+        for m in weaker:
+            beaten = sum(w and not r for w, r in zip(robust_white, m.robust_mask))
+            if beaten:
+                out.append(Flag(d, "weaker-access-wins", f"{m.attack} ({m.threat_model}) breaks {beaten} "
+                                f"example{'' if beaten == 1 else 's'} at ε={budget_label(budget)} that every "
+                                "white-box attack missed", "gradient masking; add BPDA/EOT adaptive attacks"))
+    return out
