@@ -3,7 +3,6 @@
 and a core that names no plugin."""
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
@@ -218,23 +217,3 @@ def test_arena_exports_lazily():
     assert {"load_plugins", "Registry", "ConfigError"} <= set(dir(arena))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         arena.nope  # noqa: B018
-
-
-def _imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module))
-    return found
-
-
-def test_the_core_imports_no_plugin_package():
-    """arena/ names no built-in plugin: they register through entry points like anyone's."""
-    offenders = []
-    for path in sorted((ROOT / "arena").rglob("*.py")):
-        for line, name in _imported_modules(ast.parse(path.read_text(), str(path))):
-            if name.split(".")[0] in {"arena_builtins", "plugins"}:
-                offenders.append(f"{path.relative_to(ROOT)}:{line}: {name}")
-    assert not offenders, offenders

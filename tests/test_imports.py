@@ -122,3 +122,16 @@ def test_the_tournament_and_the_probes_do_not_import_the_leaderboard():
     lower = [m for m in graph if m == "arena.checks" or m.startswith("arena.tournament")]
     upward = {m: sorted(t for t in graph[m] if t.startswith("arena.leaderboard")) for m in lower}
     assert {m: t for m, t in upward.items() if t} == {}
+
+
+def test_the_core_imports_no_plugin_package():
+    """arena/ names no built-in plugin, at module level or inside a function: the built-ins
+    register through entry points like anyone's."""
+    offenders = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{module}:{node.lineno}: {n}" for n in names
+                          if n.split(".")[0] in {"arena_builtins", "plugins"}]
+    assert not offenders, offenders

@@ -382,7 +382,7 @@ def test_train_keras_and_the_cli(reg, tmp_path):
     assert result.exit_code == 0 and torch_out.is_file(), result.output
     bad = train("--backend", "keras", "--architecture", "vgg19", "--out", str(out))
     assert bad.exit_code == 2 and "no Keras version of architecture 'vgg19'" in bad.output
-    assert cli.command_owners["train"].name == "commands-keras"
+    assert cli.command_owners["train"].plugin == "commands-keras"
 
 
 def test_train_needs_a_training_time_defense_and_the_registry(reg, tmp_path):
