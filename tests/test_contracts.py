@@ -341,11 +341,10 @@ THIRD_PARTY = types.SimpleNamespace(
 
 
 @pytest.fixture()
-def third_party(monkeypatch):
+def third_party():
     """The installed plugins plus :data:`THIRD_PARTY`, as the suites' registry."""
-    registry = load_plugins(extra=[("test-third-party", THIRD_PARTY)])
-    monkeypatch.setattr(testing, "registry", lambda: registry)
-    return registry
+    with testing.using_registry(load_plugins(extra=[("test-third-party", THIRD_PARTY)])) as registry:
+        yield registry
 
 
 @pytest.mark.parametrize("defense_id", ["test-rng-wrapper", "test-rng-detector"])

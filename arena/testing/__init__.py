@@ -17,9 +17,10 @@ that only read its result.
 from arena.testing.attacks import AttackContract
 from arena.testing.defenses import DefenseContract, Entrant, build_entrant, cached_entrant, contract_config
 from arena.testing.fixtures import (DEFAULT_EPS, QUICK, attack_batch, built_once, canonical, contract_data, digits,
-                                    reference, registry, trained_model)
+                                    reference, registry, trained_model, using_registry)
 from arena.testing.kinds import ArchitectureContract, BackendContract, DatasetContract
 
 __all__ = ["DEFAULT_EPS", "QUICK", "ArchitectureContract", "AttackContract", "BackendContract", "DatasetContract",
            "DefenseContract", "Entrant", "attack_batch", "build_entrant", "built_once", "cached_entrant", "canonical",
-           "contract_config", "contract_data", "digits", "reference", "registry", "trained_model"]
+           "contract_config", "contract_data", "digits", "reference", "registry", "trained_model",
+           "using_registry"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -17,15 +18,30 @@ from arena.registry import Registry, default_registry
 from arena.threat import Norm
 from arena.training import accuracy, fit
 
-
 DEFAULT_EPS = {Norm.LINF: 0.3, Norm.L2: 2.0, Norm.L0: 12.0}
 #: The short training schedule of training-time defenses under the suites.
 QUICK: dict[str, Any] = {"epochs": 5, "batch_size": 32, "lr": 3e-3}
 
 
+_USED: list[Registry] = []
+
+
 def registry() -> Registry:
-    """The plugins installed in this environment (loaded once per process)."""
-    return default_registry()
+    """The registry the suites test against: the plugins installed in this environment (loaded
+    once per process), or the one given to :func:`using_registry`."""
+    return _USED[-1] if _USED else default_registry()
+
+
+@contextmanager
+def using_registry(chosen: Registry) -> Iterator[Registry]:
+    """Run the suites against ``chosen`` inside the block (plugins of your own that are not
+    installed, such as test-only ones given with ``load_plugins(extra=...)``)."""
+    _USED.append(chosen)
+    try:
+        with chosen.resolving():
+            yield chosen
+    finally:
+        _USED.pop()
 
 
 @functools.lru_cache(maxsize=1)
