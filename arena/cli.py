@@ -1,5 +1,10 @@
 """The ``arena`` command line. User mistakes exit with code 2 and a one-line message.
 
+Exit status: 0 success; 2 a user error (``Error: ...``, one line, click's usage errors
+included); 3 ``arena run`` finished but some match failed or timed out (the results are stored
+and the leaderboard printed); 130 / 143 ``arena run`` stopped by SIGINT / SIGTERM (the run is
+left for ``--resume``).
+
 Building the CLI is cheap (``arena --help`` imports neither torch nor the plugins of the
 ``arena`` group): the core's commands import what they need when they run, and the commands of
 plugins come from the light modules of the ``arena.commands`` entry-point group, loaded with
@@ -20,6 +25,9 @@ if TYPE_CHECKING:
     from arena.registry import Registry
 
 EXIT_USER_ERROR = 2
+EXIT_MATCHES_FAILED = 3
+EXIT_SIGNAL = 128  # + the signal's number: 130 for SIGINT, 143 for SIGTERM
+LEADERBOARD_FORMATS = ["table", "markdown", "latex", "html", "csv", "json"]
 COMMANDS_GROUP = "arena.commands"
 CORE = "the arena core"
 
@@ -69,6 +77,25 @@ class PluginCommandError(click.ClickException):
     exit_code = EXIT_USER_ERROR
 
 
+class OneLineUsageError(click.ClickException):
+    """A click usage error (unknown option, bad value, missing argument) as one line
+    ``Error: <message> (see 'arena run --help')`` with exit code 2, instead of click's three
+    lines (Usage:, Try ..., Error:)."""
+
+    exit_code = EXIT_USER_ERROR
+
+    def __init__(self, exc: click.UsageError) -> None:
+        message = " ".join(exc.format_message().split())
+        if exc.ctx is not None:
+            message += f" (see '{exc.ctx.command_path} --help')"
+        super().__init__(message)
+
+
+def one_line_usage(exc: click.UsageError) -> click.ClickException:
+    """``exc`` as a one-line error; ``arena`` alone (help shown for no arguments) stays help."""
+    return exc if isinstance(exc, click.exceptions.NoArgsIsHelpError) else OneLineUsageError(exc)
+
+
 class ArenaGroup(click.Group):
     """The ``arena`` group: the core's commands plus those the ``arena.commands`` plugins add.
 
@@ -81,6 +108,18 @@ class ArenaGroup(click.Group):
         super().__init__(*args, **kwargs)
         self.plugins_loaded = False
         self.command_owners: dict[str, Any] = {}
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:  # arena --bogus
+            raise one_line_usage(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:  # every subcommand's, plugin commands' included
+            raise one_line_usage(exc) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self.load_plugin_commands()
@@ -167,21 +206,46 @@ def plugins_list(obj: CliState, fmt: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="results database (default: FILE with .db next to it in ./results)")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
-              help="run in this process, or as Ray tasks")
+@click.option("--executor", type=click.Choice(["local", "ray", "inline"]), default="local",
+              help="worker processes of this machine, Ray tasks, or this very process (debugging)")
 @click.option("--address", default=None, help="Ray cluster to join (default: start a local one)")
 @click.option("--resume", is_flag=True, help="finish the newest unfinished run of this file")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".arena/cache"))
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@click.option("--format", "fmt", default="table", help="leaderboard format printed at the end")
+@click.option("--format", "fmt", default="table", type=click.Choice(LEADERBOARD_FORMATS),
+              help="leaderboard format printed at the end")
 @click.pass_obj
 @user_errors
 def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None, resume: bool,
         cache_dir: Path, quiet: bool, fmt: str) -> None:
-    """Run the tournament in FILE and print its leaderboard."""
-    from arena.leaderboard import tables
-    from arena.tournament.plan import load_tournament
+    """Run the tournament in FILE and print its leaderboard.
+
+    Exit status 0 when every match ran, 3 when some match failed or timed out (its row is
+    stored and listed under the leaderboard), 2 for a mistake in FILE or the options, 130 / 143
+    when stopped by SIGINT / SIGTERM (finish the run with --resume)."""
+    import signal
+
+    from arena.errors import Interrupted
+
+    started: list[Any] = []  # the runner, once built: it knows the run id
+    previous = _on_sigterm(_raise_interrupted)
+    try:
+        run_id, store = _run_tournament(obj, file, db, executor, address, resume, cache_dir, quiet, started)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        run_id = getattr(started[0], "run_id", None) if started else None
+        stopped = f"run {run_id} stopped; finish it with --resume" if run_id is not None else "no run started"
+        click.echo(f"interrupted: {stopped}", err=True)
+        number = signal.SIGTERM if isinstance(exc, Interrupted) else signal.SIGINT
+        sys.exit(EXIT_SIGNAL + number)
+    finally:
+        _on_sigterm(previous)
+    _report(store, run_id, fmt)
+
+
+def _run_tournament(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None,
+                    resume: bool, cache_dir: Path, quiet: bool, started: list[Any]) -> tuple[int, Any]:
     from arena.tournament.executors import make_executor
+    from arena.tournament.plan import load_tournament
     from arena.tournament.runner import Runner
     from arena.tournament.store import Store
 
@@ -193,18 +257,51 @@ def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str 
     pool = make_executor(executor, address, resources.num_cpus, resources.num_gpus)
     try:
         runner = Runner(plan, store, cache_dir=cache_dir, progress=progress, executor=pool,
-                        source=str(file), source_text=file.read_text())
-        run_id = runner.run(resume=resume)
+                        source=str(file), source_text=file.read_text(encoding="utf-8"))
+        started.append(runner)
+        return runner.run(resume=resume), store
     finally:
         pool.close()
+
+
+def _report(store: Any, run_id: int, fmt: str) -> None:
+    """Print the leaderboard; exit with 3 when some match of the run failed or timed out."""
+    from arena.leaderboard import tables
+
     click.echo(tables.build(store, run_id).render(fmt))
-    click.echo(f"results: {db}", err=True)
+    click.echo(f"results: {store.path}", err=True)
+    matches = store.matches(run_id)
+    failed = [m for m in matches if not m.ok]
+    if failed:
+        click.echo(f"{len(failed)} of {len(matches)} matches failed or timed out (see the notes); "
+                   f"exit status {EXIT_MATCHES_FAILED}", err=True)
+        sys.exit(EXIT_MATCHES_FAILED)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    from arena.errors import Interrupted
+
+    raise Interrupted("SIGTERM")
+
+
+_NOT_INSTALLED = object()
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM and return the previous one, to be restored the same way
+    (nothing happens off the main thread, where Python cannot install handlers)."""
+    import signal
+    import threading
+
+    if handler is _NOT_INSTALLED or threading.current_thread() is not threading.main_thread():
+        return _NOT_INSTALLED
+    previous = signal.signal(signal.SIGTERM, handler)
+    return signal.SIG_DFL if previous is None else previous
 
 
 @cli.command()
 @click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", default="table",
-              type=click.Choice(["table", "markdown", "latex", "html", "csv", "json"]))
+@click.option("--format", "fmt", default="table", type=click.Choice(LEADERBOARD_FORMATS))
 @click.option("--run", "run_id", type=int, default=None, help="run id (default: the newest)")
 @click.option("--dataset", default=None, help="only if the run is on this dataset")
 @click.option("--budget", type=float, default=None, help="only matches at this budget")
@@ -229,10 +326,15 @@ def leaderboard(db: Path, fmt: str, run_id: int | None, dataset: str | None, bud
 @user_errors
 def publish(db: Path, directory: Path, run_id: int | None) -> None:
     """Write a self-contained static website of the leaderboard in DB into DIRECTORY."""
+    from arena.errors import ConfigError
     from arena.leaderboard.site import publish as write_site
     from arena.tournament.store import Store
 
-    index = write_site(Store(db), run_id, directory)
+    try:
+        index = write_site(Store(db), run_id, directory)
+    except OSError as exc:  # an unwritable or vanished folder: the user's to fix, in one line
+        where = exc.filename or directory
+        raise ConfigError(f"{where}: cannot write the site there: {exc.strerror or exc}") from None
     click.echo(f"published {index}")
 
 

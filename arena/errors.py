@@ -27,6 +27,12 @@ class QueryBudgetExceeded(ArenaError):
     """A black-box attack asked the oracle for more queries than its budget allows."""
 
 
+class Interrupted(ArenaError):
+    """The process was asked to stop (``arena run`` raises it from its SIGTERM handler; the
+    message names the signal). The runner marks the run ``interrupted``, so ``--resume``
+    finishes it; the CLI exits with 128 + the signal's number."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return `` (did you mean 'x'?)`` for a close miss, or an empty string."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)

@@ -130,7 +130,8 @@ def test_bad_usage_exits_2_without_importing_torch(args, tmp_path):
     proc = subprocess.run([sys.executable, "-c", IMPORTS, *args], capture_output=True, text=True,
                           env=clean_env(), timeout=120, cwd=tmp_path)
     assert proc.stdout.splitlines()[-1] == "RESULT 2 False False", proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Error: " in proc.stderr and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("Error: "), proc.stderr  # no Usage:/Try
 
 
 def test_train_is_a_command_plugin():
@@ -217,3 +218,129 @@ def test_arena_exports_lazily():
     assert {"load_plugins", "Registry", "ConfigError"} <= set(dir(arena))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         arena.nope  # noqa: B018
+
+
+# ------------------------------------------------------------------ exit status of `arena run`
+RUN_FILE = """
+name = "status"
+dataset = "digits"
+architecture = "digits-cnn"
+samples = 8
+[[defenses]]
+id = "standard"
+[[attacks]]
+id = "fgsm"
+budgets = [0.1, 0.2]
+"""
+
+
+def _fake_runner(monkeypatch, body):
+    """``Runner.run`` replaced by ``body(runner)`` after a run is started: nothing trains."""
+    from arena.tournament import runner as runner_module
+
+    def run(self, resume=False):
+        self.run_id = self.store.start_run(self.plan.name, self.plan.digest(), {"dataset": {"id": "digits"}},
+                                           self.source, self.source_text, 42, 0.0, {})
+        self.store.save_model(self.run_id, defense="standard", defense_id="standard", defense_kind="training-time",
+                              config={}, clean_accuracy=1.0, clean_mask="11", false_positive_rate=None,
+                              cache_key=None, train_seconds=0.0, checks={})
+        body(self)
+        self.store.finish_run(self.run_id, 1.0)
+        return self.run_id
+
+    monkeypatch.setattr(runner_module.Runner, "run", run)
+
+
+def _match(self, budget, status):
+    from arena.tournament.store import MatchRow
+
+    ok = status == "ok"
+    self.store.save_match(self.run_id, MatchRow(
+        defense="standard", attack="fgsm", budget=budget, attack_id="fgsm", attack_config={}, norm="linf",
+        knowledge="white-box", status=status, robust_accuracy=0.5 if ok else None,
+        success_rate=0.5 if ok else None, robust_mask="10" if ok else None, wall_seconds=1.0,
+        error=None if ok else "RuntimeError: boom"))
+
+
+def _run(registry, tmp_path):
+    from click.testing import CliRunner
+
+    path = tmp_path / "status.toml"
+    path.write_text(RUN_FILE)
+    return CliRunner().invoke(arena_cli.cli, ["run", str(path), "--db", str(tmp_path / "r.db"), "--quiet",
+                                              "--cache-dir", str(tmp_path / "cache")],
+                              obj=arena_cli.CliState(registry))
+
+
+@pytest.mark.parametrize("statuses, code", [(("ok", "ok"), 0), (("ok", "failed"), 3), (("timed-out", "ok"), 3)])
+def test_run_exits_3_when_a_match_failed_or_timed_out(registry, tmp_path, monkeypatch, statuses, code):
+    _fake_runner(monkeypatch, lambda self: [_match(self, b, s) for b, s in zip((0.1, 0.2), statuses)])
+    result = _run(registry, tmp_path)
+    assert result.exit_code == code, result.output
+    assert "status on digits (run 1" in result.stdout  # the leaderboard is printed all the same
+    assert f"results: {tmp_path / 'r.db'}" in result.stderr
+    assert ("1 of 2 matches failed or timed out" in result.stderr) is (code == 3)
+
+
+@pytest.mark.parametrize("how, code", [("sigint", 130), ("sigterm", 143)])
+def test_an_interrupted_run_says_how_to_finish_it(registry, tmp_path, monkeypatch, how, code):
+    import signal
+    import time
+
+    def interrupt(self):
+        _match(self, 0.1, "ok")
+        if how == "sigint":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises arena.errors.Interrupted here
+        raise AssertionError("SIGTERM was not handled")
+
+    before = signal.getsignal(signal.SIGTERM)
+    _fake_runner(monkeypatch, interrupt)
+    result = _run(registry, tmp_path)
+    assert result.exit_code == code, result.output
+    assert result.stderr.strip() == "interrupted: run 1 stopped; finish it with --resume"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the run command's only
+
+
+def test_interrupted_is_an_arena_error():
+    from arena.errors import ArenaError, Interrupted
+
+    assert issubclass(Interrupted, ArenaError) and str(Interrupted("SIGTERM")) == "SIGTERM"
+
+
+def test_a_model_file_that_fails_to_load_fails_its_matches_and_the_exit_status(registry, tmp_path):
+    """A file that looks like a torch.save zip but is not one passes the load-time sniff and fails
+    in the entrant's build: its matches are stored as failed, with one line, and the exit is 3."""
+    import zipfile
+
+    from click.testing import CliRunner
+
+    from arena.tournament.store import Store
+
+    with zipfile.ZipFile(tmp_path / "broken.pt", "w") as z:
+        z.writestr("archive/data.pkl", b"garbage")
+    path = tmp_path / "file.toml"
+    entry = f'id = "model-file"\nparams = {{ path = "{tmp_path}/broken.pt" }}'
+    path.write_text(RUN_FILE.replace('id = "standard"', entry))
+    result = CliRunner().invoke(arena_cli.cli, ["run", str(path), "--db", str(tmp_path / "r.db"), "--quiet",
+                                                "--executor", "inline", "--cache-dir", str(tmp_path / "cache")],
+                                obj=arena_cli.CliState(registry))
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+    matches = Store(tmp_path / "r.db").matches(1)
+    assert [m.status for m in matches] == ["failed", "failed"]
+    assert all("broken.pt" in m.error and "\n" not in m.error for m in matches)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "t.toml", "--bogus"], "Error: No such option '--bogus'. (see 'arena run --help')"),
+    (["run", "t.toml", "--format", "xml"], ("Error: Invalid value for '--format': 'xml' is not one of 'table', "
+                                            "'markdown', 'latex', 'html', 'csv', 'json'. (see 'arena run --help')")),
+    (["leaderboard"], "Error: Missing argument 'DB'. (see 'arena leaderboard --help')"),
+])
+def test_a_usage_error_is_one_line(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-c", IMPORTS, *args], capture_output=True, text=True,
+                          env=clean_env(), timeout=120, cwd=tmp_path)
+    assert proc.stdout.splitlines()[-1] == "RESULT 2 False False", proc.stderr
+    assert proc.stderr.splitlines() == [message]

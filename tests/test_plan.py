@@ -139,7 +139,7 @@ def test_disabled_plugins_stay_disabled_for_references(monkeypatch):
 
 def test_budgets_and_views_are_decided_once(registry):
     plan = parse_tournament(with_(defenses=[{"id": "standard"}, {"id": "gda", "params": {"copies": 2}}], attacks=[
-        {"id": "deepfool", "budgets": [0.5, 0.1, 0.5]},
+        {"id": "deepfool", "budgets": [0.5, 0.1]},
         {"id": "eot", "params": {"inner": "deepfool"}},
         {"id": "eot", "name": "eot-pgd", "params": {"inner": "pgd"}, "budgets": [0.2]},
         {"id": "pgd", "name": "gray", "view": "gray-box", "budgets": [0.1]},

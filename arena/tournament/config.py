@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from arena.defense import TrainingConfig
 from arena.errors import describe_validation_error
@@ -20,6 +21,46 @@ from arena.threat import Budget
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _shown(v: Any) -> str:
+    """A value as the TOML file spells it (``true``, ``"100"``), for error messages."""
+    if isinstance(v, (bool, str)):
+        return json.dumps(v)
+    return repr(v)
+
+
+def _whole(v: Any) -> Any:
+    """A TOML integer, as it is: no ``"100"`` string, no ``100.0`` float, no ``true``."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected a whole number, got {_shown(v)}")
+    return v
+
+
+def _number(v: Any) -> Any:
+    """A TOML integer or float: no ``"0.1"`` string, no ``true``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"expected a number, got {_shown(v)}")
+    return v
+
+
+def _finite(v: Any) -> Any:
+    """A TOML integer or float, and no ``nan`` or ``inf``."""
+    if not math.isfinite(_number(v)):
+        raise ValueError(f"expected a finite number, got {v!r}")
+    return v
+
+
+def _flag(v: Any) -> Any:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {_shown(v)}")
+    return v
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+Number = Annotated[float, BeforeValidator(_finite)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+StrictBudget = Annotated[Budget, BeforeValidator(_number)]  # nan, inf, 0: threat.check_budget's to refuse
 
 
 class PluginEntry(Strict):
@@ -46,7 +87,7 @@ class DefenseEntry(PluginEntry):
     (post-processing, seeds 000 and 002) instead of training from scratch.
     """
 
-    name: str | None = None
+    name: str | None = Field(None, min_length=1)
     on: str | None = None
     finetune_from: str | None = None
     architecture: PluginEntry | None = None
@@ -64,13 +105,13 @@ class DefenseEntry(PluginEntry):
 class AttackEntry(PluginEntry):
     """An attack with the budgets it is evaluated at (in its norm, [0, 1] pixel space)."""
 
-    name: str | None = None
-    budgets: list[Budget] = Field(default_factory=list)
+    name: str | None = Field(None, min_length=1)
+    budgets: list[StrictBudget] = Field(default_factory=list)
     view: Literal["gray-box"] | None = Field(
         None, description="run a white-box attack against the base classifier only (seed 003 App. D)")
     surrogate: str | None = Field(
         None, description="transfer: craft on this defense entry's model, evaluate on every defense")
-    timeout: float | None = Field(None, gt=0, description="seconds per attack run; default match_timeout")
+    timeout: Number | None = Field(None, gt=0, description="seconds per attack run; default match_timeout")
     against: list[str] | None = Field(
         None, description="the defense entries this attack is run against (default: every one); "
         "for attacks made for one kind of defense, such as cw-wb against detectors")
@@ -82,14 +123,18 @@ class AttackEntry(PluginEntry):
     @field_validator("budgets")
     @classmethod
     def _sorted(cls, v: list[float]) -> list[float]:
-        return sorted(set(v))
+        """Sorted; a budget given twice is an error (a typo for another budget, most likely)."""
+        twice = sorted({b for b in v if v.count(b) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]:g} is given twice")
+        return sorted(v)
 
 
 class Resources(Strict):
     """What each Ray task asks the cluster for."""
 
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: Number = Field(1.0, gt=0)
+    num_gpus: Number = Field(0.0, ge=0)
 
 
 def _training_defaults(value: dict[str, Any]) -> dict[str, Any]:
@@ -108,12 +153,12 @@ class TournamentConfig(Strict):
     name: str = "tournament"
     dataset: PluginEntry
     architecture: PluginEntry
-    seed: int = 42
-    samples: int = Field(100, ge=1, description="test samples attacked")
-    batch_size: int = Field(256, ge=1, description="samples per attack call")
+    seed: WholeNumber = Field(42, ge=0, le=2**32 - 1, description="seeds data splits, training and attacks")
+    samples: WholeNumber = Field(100, ge=1, description="test samples attacked (at most the test set's size)")
+    batch_size: WholeNumber = Field(256, ge=1, description="samples per attack call")
     training: dict[str, Any] = Field(default_factory=dict, description="defaults for training-time defenses")
-    match_timeout: float | None = Field(None, gt=0, description="seconds per attack run (None: no limit)")
-    save_examples: bool = Field(False, description="keep adversarial examples next to the database")
+    match_timeout: Number | None = Field(None, gt=0, description="seconds per attack run (None: no limit)")
+    save_examples: Flag = Field(False, description="keep adversarial examples next to the database")
     resources: Resources = Field(default_factory=lambda: Resources())
     defenses: list[DefenseEntry] = Field(min_length=1)
     attacks: list[AttackEntry] = Field(min_length=1)
@@ -123,15 +168,16 @@ class TournamentConfig(Strict):
     def _training(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _training_defaults(v)
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> "TournamentConfig":
-        for field, entries in (("defenses", self.defenses), ("attacks", self.attacks)):
-            seen: set[str] = set()
-            for i, e in enumerate(entries):
-                if e.label in seen:
-                    raise ValueError(f"{field}[{i}]: duplicate name '{e.label}'; give it a distinct 'name'")
-                seen.add(e.label)
-        return self
+    @field_validator("defenses", "attacks")
+    @classmethod
+    def _unique_names(cls, entries: list[Any]) -> list[Any]:
+        seen: dict[str, int] = {}
+        for i, e in enumerate(entries):
+            if e.label in seen:
+                raise ValueError(f"[{seen[e.label]}] and [{i}] have the same name '{e.label}'; "
+                                 "give one a distinct 'name'")
+            seen[e.label] = i
+        return entries
 
     def digest(self) -> str:
         """A content hash of the validated configuration (provenance, resume)."""

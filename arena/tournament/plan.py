@@ -20,11 +20,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from arena.attack import Attack, off_target
+from arena.data import DataSplits
 from arena.defense import Defense
 from arena.errors import ConfigError, did_you_mean
 from arena.refs import ArchitectureRef, DatasetRef, PluginRef
 from arena.registry import Registry
-from arena.threat import Knowledge
+from arena.threat import Knowledge, Norm
 from arena.tournament.config import AttackEntry, DefenseEntry, PluginEntry, TournamentConfig, read_tournament
 
 UNBOUNDED = math.inf
@@ -151,12 +152,30 @@ def load_tournament(path: str | Path, registry: Registry) -> Plan:
     """Read, validate and resolve a tournament file; ConfigError names the file and the field."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such tournament file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a tournament file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the tournament file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a TOML text file (byte {exc.start} is not UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    if not data:
+        raise ConfigError(f"{path}: the tournament file is empty; it names a dataset, an architecture, "
+                          "[[defenses]] and [[attacks]]")
     return parse_tournament(data, registry, source=str(path))
+
+
+def check_samples(plan: Plan, data: DataSplits) -> None:
+    """``samples`` against the loaded test set (its size is known only once the data is loaded):
+    more samples than there are is a ConfigError naming the file, never a silent cap."""
+    available = len(data.test)
+    if plan.config.samples > available:
+        raise ConfigError(f"{plan.source}: samples: {plan.config.samples} is more than the {available} test "
+                          f"samples of dataset '{plan.dataset.id}'")
 
 
 def parse_tournament(data: dict[str, Any], registry: Registry, source: str = "<tournament>") -> Plan:
@@ -247,6 +266,10 @@ def _attack(where: str, entry: AttackEntry, labels: list[str], registry: Registr
         raise ConfigError(f"{where}.against: name at least one defense (or leave it out)")
     if not attack.minimal and not entry.budgets:
         raise ConfigError(f"{where}.budgets: fixed-budget attack '{entry.id}' needs at least one budget")
+    too_large = [b for b in entry.budgets if b > 1]
+    if attack.threat_norm is Norm.LINF and too_large:  # pixels lie in [0, 1]: ε > 1 perturbs nothing more
+        raise ConfigError(f"{where}.budgets: {too_large[0]:g} is more than 1, the whole [0, 1] pixel range, "
+                          f"for L∞ attack '{entry.id}'")
     budgets = tuple(entry.budgets) + ((UNBOUNDED,) if attack.minimal else ())
     return AttackPlan(entry.label, entry.id, dict(entry.params), attack, budgets, view, entry.timeout,
                       tuple(entry.against) if entry.against is not None else None)

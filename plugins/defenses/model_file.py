@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from arena import hookimpl
@@ -47,6 +47,49 @@ class ModelFileConfig(PluginConfig):
         if self.keras_backend is not None and "keras_backend" not in self.backend.cls.Config.model_fields:
             raise ValueError(f"keras_backend set for a {self.backend.id} file ({self.path})")
         return self
+
+    @field_validator("path")
+    @classmethod
+    def _readable_model_file(cls, v: str) -> str:
+        """When the tournament loads, not mid-run: the file is there, readable, and its first bytes
+        are those of its format (full loading stays in :meth:`ModelFile.load`)."""
+        check_model_file(Path(v).expanduser())
+        return v
+
+
+# The first bytes of each format a built-in backend reads, by suffix (a file of another suffix,
+# read by a third-party backend, is only checked to be a readable file).
+ZIP = b"PK\x03\x04"  # torch.save since 1.6, and .keras files
+LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's old pickle magic number
+HDF5 = b"\x89HDF\r\n\x1a\n"
+FORMATS = {".pt": ("a torch.save file", (ZIP, LEGACY_TORCH)), ".pth": ("a torch.save file", (ZIP, LEGACY_TORCH)),
+           ".keras": ("a Keras zip archive", (ZIP,)), ".h5": ("an HDF5 file", (HDF5,)),
+           ".hdf5": ("an HDF5 file", (HDF5,))}
+
+
+def check_model_file(path: Path) -> None:
+    """ValueError naming ``path`` unless it is a readable file whose head fits its suffix's format
+    (a zip or ``torch.save`` file, a safetensors header, a Keras archive, HDF5)."""
+    if not path.exists():
+        raise ValueError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise ValueError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    suffix = path.suffix.lower()
+    if not head:
+        raise ValueError(f"model file {path} is empty")
+    if suffix == ".safetensors":
+        size = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+        if not (0 < size <= path.stat().st_size - 8 and head[8:9] == b"{"):
+            raise ValueError(f"{path} is not a safetensors file (no safetensors header)")
+    elif suffix in FORMATS:
+        what, magics = FORMATS[suffix]
+        if not any(head.startswith(m) for m in magics):
+            raise ValueError(f"{path} is not {what} (it starts with {head[:8]!r})")
 
 
 class ModelFile(PretrainedDefense):
