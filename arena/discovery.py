@@ -71,14 +71,15 @@ class Loaded:
             yield owner, impl.function
 
 
-def load(group: str, extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True) -> Loaded:
-    """Import every module of the entry-point ``group`` (but those disabled) and ``extra``
-    (name, module) pairs, register them with pluggy and check that every hook they implement
-    exists."""
+def load(group: str, extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True,
+         blocked: Iterable[str] | None = None) -> Loaded:
+    """Import every module of the entry-point ``group`` (but those ``blocked``, by default those
+    disabled by ``ARENA_DISABLE_PLUGINS``) and ``extra`` (name, module) pairs, register them with
+    pluggy and check that every hook they implement exists."""
     pm = pluggy.PluginManager(hookspecs.hookimpl.project_name)
     pm.add_hookspecs(hookspecs)
     owners: dict[str, Owner] = {}
-    blocked = disabled()
+    blocked = disabled() if blocked is None else set(blocked)
     for name in blocked:
         pm.set_blocked(name)
     candidates: list[tuple[str, Owner, Any]] = []

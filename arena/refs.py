@@ -16,7 +16,9 @@ class PluginRef(BaseModel):
     id string. Validating a reference resolves it against the active registry and validates its
     params against the named plugin's ``Config`` (references inside those params too), so a
     wrong id or key is a config error at load time, naming the field; :meth:`build` makes the
-    plugin from that same registry. Subclasses fix the kind (:class:`AttackRef`, ...)."""
+    plugin from what was resolved then. A reference travels to other processes as the class it
+    resolved to and its validated config (no registry), so a worker builds the same plugin.
+    Subclasses fix the kind (:class:`AttackRef`, ...)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     plugin_kind: ClassVar[str] = ""
@@ -24,6 +26,7 @@ class PluginRef(BaseModel):
     id: str
     params: dict[str, Any] = {}
     _registry: Any = PrivateAttr(None)
+    _cls: Any = PrivateAttr(None)
     _config: Any = PrivateAttr(None)
 
     @model_validator(mode="before")
@@ -39,13 +42,19 @@ class PluginRef(BaseModel):
         plugin = registry.get(self.plugin_kind, self.id)
         with resolving_with(registry):
             self._config = plugin.parse_config(self.params)
-        self._registry = registry
+        self._registry, self._cls = registry, plugin
         return self
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        private = dict(state.get("__pydantic_private__") or {})
+        private["_registry"] = None  # the class and the config travel; the registry stays here
+        return {**state, "__pydantic_private__": private}
 
     @property
     def cls(self) -> type:
         """The plugin class this reference names."""
-        return self._registry.get(self.plugin_kind, self.id)
+        return self._cls
 
     @property
     def config(self) -> PluginConfig:
@@ -53,9 +62,11 @@ class PluginRef(BaseModel):
         return self._config
 
     def build(self, **overrides: Any) -> Any:
-        """A new instance of the referenced plugin (``overrides`` over its params)."""
-        with resolving_with(self._registry):
-            return self.cls(**{**self.params, **overrides})
+        """A new instance of the referenced plugin: its validated params (nested references as
+        resolved), ``overrides`` over them."""
+        given = {name: getattr(self._config, name) for name in self._config.model_fields_set}
+        with resolving_with(self._registry or active_registry()):
+            return self._cls(**{**given, **overrides})
 
 
 class AttackRef(PluginRef):

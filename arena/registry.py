@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
+import types
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -27,6 +30,7 @@ class Registry:
     plugin_manager: pluggy.PluginManager
     _tables: dict[str, dict[str, type]] = field(default_factory=lambda: {k: {} for k in KINDS})
     owners: dict[tuple[str, str], Owner] = field(default_factory=dict)
+    origin: tuple = ()  # how to load it again elsewhere: (entry_points, blocked, extra)
 
     @property
     def attacks(self) -> Mapping[str, type]:
@@ -49,9 +53,11 @@ class Registry:
         return MappingProxyType(self._tables["backends"])
 
     def __reduce__(self) -> tuple:
-        """A registry travels to other processes (Ray workers) as "load the installed plugins
-        there": plugins added with ``load_plugins(extra=...)`` stay in this process."""
-        return (load_plugins, ())
+        """A registry travels to other processes (worker processes, Ray workers) as "load the
+        same plugins there": the installed ones with the same ones blocked, and the ``extra``
+        modules by module name (or, for a module built at run time, by its hook functions,
+        which must be importable)."""
+        return (_reloaded, self.origin)
 
     def get(self, kind: str, plugin_id: str) -> type:
         """The class registered under ``plugin_id``; a ConfigError suggests a close id."""
@@ -145,16 +151,19 @@ def default_registry() -> Registry:
     return load_plugins()
 
 
-def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True) -> Registry:
+def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool = True,
+                 blocked: Iterable[str] | None = None) -> Registry:
     """Load every plugin of the ``arena`` entry-point group (and ``extra`` (name, module) pairs).
 
-    Plugins named in ``ARENA_DISABLE_PLUGINS`` (comma-separated) are blocked. A plugin that
+    Plugins named in ``ARENA_DISABLE_PLUGINS`` (comma-separated), or in ``blocked``, are blocked. A plugin that
     fails to import, implements an unknown hook or registers a duplicate id raises
     :class:`arena.PluginError` naming the plugin and its distribution. ``ARENA_TRACE_HOOKS=1``
     prints every hook call.
     """
-    loaded = discovery.load(GROUP, extra, entry_points=entry_points)
-    registry = Registry(loaded.plugin_manager)
+    extra = list(extra)
+    blocked = frozenset(discovery.disabled() if blocked is None else blocked)
+    loaded = discovery.load(GROUP, extra, entry_points=entry_points, blocked=blocked)
+    registry = Registry(loaded.plugin_manager, origin=(entry_points, blocked, tuple(map(_portable, extra))))
     for kind in KINDS:
         for owner, function in loaded.implementations(f"arena_register_{kind}"):
             try:
@@ -164,6 +173,38 @@ def load_plugins(extra: Iterable[tuple[str, object]] = (), *, entry_points: bool
             except Exception as exc:
                 raise PluginError(f"{owner} failed in arena_register_{kind}: {exc}") from exc
     return registry
+
+def _portable(pair: tuple[str, object]) -> tuple[str, str | None, dict[str, Any] | None]:
+    """An ``extra`` plugin as something that pickles: its module's name, if importable, else its
+    hook functions."""
+    name, module = pair
+    module_name = getattr(module, "__name__", None)
+    if isinstance(module, types.ModuleType) and sys.modules.get(module_name or "") is module:
+        return name, module_name, None
+    hooks = {attr: getattr(module, attr) for attr in dir(module) if attr.startswith("arena_")}
+    return name, None, hooks
+
+
+_RELOADED: dict[bytes, Registry] = {}
+
+
+def _reloaded(entry_points: bool, blocked: frozenset[str], extra: tuple) -> Registry:
+    """The registry described by ``origin``, loaded once per process."""
+    import pickle
+
+    key = pickle.dumps((entry_points, sorted(blocked), [(n, m, sorted(h or {})) for n, m, h in extra]))
+    if key not in _RELOADED:
+        modules = []
+        for name, module_name, hooks in extra:
+            if module_name is not None:
+                modules.append((name, importlib.import_module(module_name)))
+            else:
+                module = types.ModuleType(name)
+                module.__dict__.update(hooks or {})
+                modules.append((name, module))
+        _RELOADED[key] = load_plugins(modules, entry_points=entry_points, blocked=blocked)
+    return _RELOADED[key]
+
 
 # The registry that plugin references resolve against while a plan, a config or a plugin is
 # being built (set by :class:`arena.registry.Registry`); outside of one, the installed plugins.

@@ -10,6 +10,7 @@ import torch
 import arena
 from arena.attack import FixedBudgetAttack
 from arena.leaderboard import tables
+from arena.tournament.executors import InlineExecutor
 from arena.tournament.plan import parse_tournament
 from arena.tournament.runner import Runner
 from arena.tournament.store import Store
@@ -56,7 +57,8 @@ def finished(tmp_path_factory):
     reg = arena.load_plugins(extra=[("views", plugin)])
     store = Store(tmp / "v.db")
     SEEN.clear()
-    run_id = Runner(parse_tournament(CONFIG, reg), store, cache_dir=tmp / "c", progress=False).run()
+    run_id = Runner(parse_tournament(CONFIG, reg), store, cache_dir=tmp / "c", progress=False,
+                    executor=InlineExecutor()).run()  # SEEN is filled in this process
     return store, run_id
 
 

@@ -15,6 +15,7 @@ import arena
 from arena.attack import FixedBudgetAttack
 from arena.defense import DetectorDefense
 from arena.leaderboard import tables
+from arena.tournament.executors import InlineExecutor
 from arena.tournament.plan import load_tournament
 from arena.tournament.runner import Runner
 from arena.tournament.store import Store
@@ -104,10 +105,12 @@ def write(tmp_path, extra_defenses="", extra_attacks="", name="t.toml"):
     return path
 
 
-def run(path, reg, db, cache, resume=False):
+def run(path, reg, db, cache, resume=False, executor=None):
+    """The tournament in ``path``; ``executor=InlineExecutor()`` for tests that watch what the
+    plugins do from this process (the default runs them in worker processes)."""
     store = Store(db)
-    run_id = Runner(load_tournament(path, reg), store, cache_dir=cache, progress=False).run(resume=resume)
-    return store, run_id
+    runner = Runner(load_tournament(path, reg), store, cache_dir=cache, progress=False, executor=executor)
+    return store, runner.run(resume=resume)
 
 
 @pytest.fixture(scope="module")
@@ -200,12 +203,12 @@ def test_a_new_release_of_a_defense_plugin_trains_its_model_again(finished, reg)
 
 def test_resume_skips_finished_matches(tmp_path, reg):
     path = write(tmp_path, extra_attacks='[[attacks]]\nid = "counted"\nbudgets = [0.1, 0.2]')
-    store, run_id = run(path, reg, tmp_path / "r.db", tmp_path / "cache")
+    store, run_id = run(path, reg, tmp_path / "r.db", tmp_path / "cache", executor=InlineExecutor())
     assert CALLS["count"] == 4  # 2 defenses × 2 budgets, one batch each
     store.conn.execute("DELETE FROM matches WHERE defense = 'gda' AND attack = 'counted' AND budget = 0.2")
     store.conn.execute("UPDATE runs SET status = 'running'")
     store.conn.commit()
-    store, resumed = run(path, reg, tmp_path / "r.db", tmp_path / "cache", resume=True)
+    store, resumed = run(path, reg, tmp_path / "r.db", tmp_path / "cache", resume=True, executor=InlineExecutor())
     assert resumed == run_id and CALLS["count"] == 5
     assert len(store.matches(run_id)) == 2 * 5
 
@@ -289,7 +292,7 @@ def test_a_randomised_entrant_gives_the_same_results_whatever_the_rng_state(tmp_
     results = []
     for i, junk in enumerate((0, 12345)):
         torch.manual_seed(junk)
-        store, run_id = run(path, reg, tmp_path / f"r{i}.db", tmp_path / "cache")
+        store, run_id = run(path, reg, tmp_path / f"r{i}.db", tmp_path / "cache", executor=InlineExecutor())
         clean = {m.defense: m.clean_mask for m in store.models(run_id)}
         masks = {(r.defense, r.attack, r.budget): r.robust_mask for r in store.matches(run_id)}
         results.append((clean, masks))
@@ -302,14 +305,14 @@ def test_an_attack_runs_only_against_the_defenses_it_names(tmp_path, reg):
     pairs are not matches at all, not failures, and a resumed run does not ask for them."""
     path = write(tmp_path, extra_attacks='[[attacks]]\nname = "counted-gda"\nid = "counted"\n'
                                          'budgets = [0.1]\nagainst = ["gda"]')
-    store, run_id = run(path, reg, tmp_path / "r.db", tmp_path / "cache")
+    store, run_id = run(path, reg, tmp_path / "r.db", tmp_path / "cache", executor=InlineExecutor())
     rows = [r for r in store.matches(run_id) if r.attack == "counted-gda"]
     assert [(r.defense, r.status) for r in rows] == [("gda", "ok")]
     assert len(store.matches(run_id)) == 2 * 3 + 1
     calls = CALLS["count"]
     store.conn.execute("UPDATE runs SET status = 'running'")  # as if killed before finishing
     store.conn.commit()
-    store, resumed = run(path, reg, tmp_path / "r.db", tmp_path / "cache", resume=True)
+    store, resumed = run(path, reg, tmp_path / "r.db", tmp_path / "cache", resume=True, executor=InlineExecutor())
     assert resumed == run_id and CALLS["count"] == calls and len(store.matches(run_id)) == 7
 
 
@@ -325,7 +328,7 @@ def test_a_trained_sanitiser_is_cached_like_a_trained_model(tmp_path, reg, monke
                                           'params = { samples = 120, epochs = 1 }')
     results = []
     for i in range(2):
-        store, run_id = run(path, reg, tmp_path / f"r{i}.db", tmp_path / "cache")
+        store, run_id = run(path, reg, tmp_path / f"r{i}.db", tmp_path / "cache", executor=InlineExecutor())
         results.append(sorted((r.attack, r.budget, r.robust_mask, r.status)
                               for r in store.matches(run_id) if r.defense == "dln"))
         assert len(trained) == 1, f"run {i} trained the sanitiser {len(trained)} times in all"

@@ -3,6 +3,7 @@ from a file, or wrapped around another entrant), with their clean predictions.""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from arena.model import default_device, seeded
 from arena.refs import DatasetRef
 from arena.registry import Registry
 from arena.training import predict
-from arena.tournament.cache import ModelCache, content_key
+from arena.tournament.cache import ModelCache, content_key, numerics
 from arena.tournament.matches import Entrant
 from arena.tournament.plan import DefensePlan
 from arena.tournament.store import encode_mask
@@ -32,6 +33,7 @@ class EntrantSpec:
     seed: int
     batch_size: int
     cache_root: str | None
+    code: dict[str, str]  # the distribution and version of each plugin involved, by kind (providers)
     progress: bool = False
 
 
@@ -52,12 +54,13 @@ class Built:
     key: str | None = None
 
 
-def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation: Split,
-            parents: dict[str, Entrant]) -> Prepared:
-    """Build the entrant of ``spec`` (``parents`` holds the entrants it wraps or fine-tunes)."""
+def prepare(spec: EntrantSpec, data: DataSplits, evaluation: Split, *parents: Entrant) -> Prepared:
+    """Build the entrant of ``spec``; ``parents`` are the entrants it wraps or fine-tunes, in the
+    order of ``spec.defense.parents`` (positional, so that every executor can share them)."""
+    by_label = {p.label: p for p in parents}
     plan, device = spec.defense, default_device()
     start = time.perf_counter()
-    built = plan.defense.enter(_Builder(registry, spec, data, parents, device))
+    built = plan.defense.enter(_Builder(spec, data, by_label, device))
     seconds = time.perf_counter() - start
     model, detector = built.model, built.detector
     with seeded(spec.seed, device):  # a randomised model's clean answers must not depend on the RNG's history
@@ -69,7 +72,7 @@ def prepare(registry: Registry, spec: EntrantSpec, data: DataSplits, evaluation:
         checks = model_checks(model, evaluation.x[:64].to(device), evaluation.y[:64].to(device))
     provenance = getattr(plan.defense, "provenance", None)
     if provenance is None:  # a wrapper or detector runs on the backend of the model it wraps
-        parent = parents.get(plan.on) if plan.on else None
+        parent = by_label.get(plan.on) if plan.on else None
         provenance = dict(parent.provenance) if parent is not None and parent.provenance else {"backend": "torch"}
     row = dict(defense=plan.label, checks=checks, provenance=provenance, defense_id=plan.id,
                defense_kind=plan.defense.defense_kind.value, config=plan.defense.config.model_dump(mode="json"),
@@ -94,9 +97,9 @@ class _Builder:
     """The tournament's :class:`arena.defense.EntrantBuilder`: trains (or restores from the cache),
     loads, wraps or fits each kind of defense."""
 
-    def __init__(self, registry: Registry, spec: EntrantSpec, data: DataSplits, parents: dict[str, Entrant],
+    def __init__(self, spec: EntrantSpec, data: DataSplits, parents: dict[str, Entrant],
                  device: torch.device) -> None:
-        self.registry, self.spec, self.data, self.parents, self.device = registry, spec, data, parents, device
+        self.spec, self.data, self.parents, self.device = spec, data, parents, device
         self.cache = ModelCache(Path(spec.cache_root) if spec.cache_root else None)
 
     def train(self, defense: TrainingDefense) -> Built:
@@ -106,19 +109,20 @@ class _Builder:
                           architecture=plan.architecture.model_dump(mode="json"),
                           dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
                           parent=parent.cache_key if parent else None,
-                          code=providers(self.registry, defenses=plan.id, architectures=plan.architecture.id,
-                                         datasets=spec.dataset.id))
-        torch.manual_seed(spec.seed)
-        template = defense.build(plan.architecture.build(), data.input_shape, data.num_classes)
+                          code=spec.code, numerics=numerics(self.device))
+
+        def fresh() -> nn.Module:  # the untrained model, initialised by the seed alone
+            torch.manual_seed(spec.seed)
+            return defense.build(plan.architecture.build(), data.input_shape, data.num_classes).to(self.device)
 
         def build() -> nn.Module:
-            model = template.to(self.device)
+            model = fresh()
             if parent is not None:
                 model.load_state_dict(parent.base.state_dict())
             defense.train(model, data, seed=spec.seed, finetune=parent is not None, progress=spec.progress)
             return model
 
-        model = self._cached(key, template, build).to(self.device).eval()
+        model = self._cached(key, fresh, build).to(self.device).eval()
         return Built(model, model, key=key)
 
     def load(self, defense: PretrainedDefense) -> Built:
@@ -134,9 +138,10 @@ class _Builder:
             return Built(defense.wrap(inner, self.data, seed=spec.seed).to(device).eval(), below.base.to(device))
         key = content_key(defense=spec.defense.id, config=defense.config.model_dump(mode="json"),
                           dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
-                          wraps=below.cache_key, code=providers(self.registry, defenses=spec.defense.id))
-        template = defense.wrap(inner, self.data, seed=spec.seed, train=False).to(device)
-        model = self._cached(key, template, lambda: defense.wrap(inner, self.data, seed=spec.seed))
+                          wraps=below.cache_key, code={"defenses": spec.code["defenses"]},
+                          numerics=numerics(device))
+        model = self._cached(key, lambda: defense.wrap(inner, self.data, seed=spec.seed, train=False).to(device),
+                             lambda: defense.wrap(inner, self.data, seed=spec.seed))
         return Built(model.to(device).eval(), below.base.to(device), key=key)
 
     def detect(self, defense: DetectorDefense) -> Built:
@@ -145,9 +150,11 @@ class _Builder:
         defense.fit(model, self.data.train, seed=self.spec.seed)
         return Built(model, below.base.to(self.device), detector=defense)
 
-    def _cached(self, key: str, template: nn.Module, build) -> nn.Module:
-        """``template`` with the weights cached under ``key``, else ``build()``'s model, cached."""
-        cached = self.cache.load(key, template)
+    def _cached(self, key: str, fresh: Callable[[], nn.Module], build: Callable[[], nn.Module]) -> nn.Module:
+        """A module from ``fresh()`` (untrained) with the weights cached under ``key``, handed out only
+        when the entry is intact and fits it completely (:class:`ModelCache`); else ``build()``'s
+        model, trained from scratch on a module of its own and cached, replacing a rejected entry."""
+        cached = self.cache.load(key, fresh)
         if cached is not None:
             return cached
         model = build()

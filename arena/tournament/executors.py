@@ -1,8 +1,13 @@
-"""Executors run the tournament's trainings and matches: in this process, or as Ray tasks.
+"""Executors run the tournament's trainings and matches: in worker processes of this machine
+(``local``, the default), as Ray tasks (``ray``), or in this very process (``inline``, for
+debugging a plugin: no isolation).
 
-Both expose ``share(obj)`` (make a large object available to tasks once) and
-``map(fn, jobs)``, which yields ``(key, result)`` pairs as tasks finish; a task that raised
-yields its exception instead of a result. The driver alone writes the database.
+Each exposes ``share(obj)`` (make a large object available to tasks once) and
+``map(fn, jobs)``, which yields ``(key, result)`` pairs as tasks finish; a task that raised, or
+whose worker died or was killed, yields its exception instead of a result. A job is
+``(key, args)`` or ``(key, args, options)``; options are ``timeout`` (a hard limit in seconds:
+the local executor kills the worker) and ``keep`` (``(handle, part)``: keep ``part(result)`` in
+the worker, to be shared as that handle). The driver alone writes the database.
 """
 from __future__ import annotations
 
@@ -10,28 +15,64 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from arena.errors import ConfigError
+from arena.errors import ConfigError, Interrupted
+from arena.tournament.workers import Shared, WorkerPool
 
-Job = tuple[Any, tuple[Any, ...]]
+Job = tuple[Any, ...]
 
 
-class LocalExecutor:
-    """Runs every task in this process, one after another (uses the GPU when present)."""
+def _unpack(job: Job) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    key, args, *rest = job
+    return key, args, (rest[0] if rest else {})
 
-    name = "local"
+
+class InlineExecutor:
+    """Runs every task in this process, one after another: for debugging a plugin (a
+    breakpoint works), with no protection from a plugin that exits or hangs."""
+
+    name = "inline"
 
     def share(self, obj: Any) -> Any:
-        return obj
+        return obj.value if isinstance(obj, Shared) else obj
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
-        for key, args in jobs:
+        for key, args, _ in map(_unpack, jobs):
             try:
                 yield key, fn(*args)
+            except Interrupted:  # SIGTERM to the driver, not a fault of the task
+                raise
             except Exception as exc:  # reported by the driver, never fatal to the tournament
                 yield key, exc
 
     def close(self) -> None:
         pass
+
+
+class LocalExecutor:
+    """Runs every task, one after another, in a worker process that the driver can kill
+    (:mod:`arena.tournament.workers`): a crash, an exit, a hang past the hard time limit or
+    memory a plugin keeps fails that task only, and the next task gets a fresh worker. Uses the
+    GPU when present."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.pool = WorkerPool()
+
+    def share(self, obj: Any) -> Any:
+        return obj if isinstance(obj, Shared) else Shared.of(obj)
+
+    def map(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
+        for key, args, options in map(_unpack, jobs):
+            try:
+                yield key, self.pool.run(fn, args, **options)
+            except Interrupted:  # SIGTERM to the driver, not a fault of the task
+                raise
+            except Exception as exc:  # reported by the driver, never fatal to the tournament
+                yield key, exc
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 class RayExecutor:
@@ -61,17 +102,19 @@ class RayExecutor:
                 raise ConfigError(f"cannot start or join the Ray cluster at {address or 'local'}: {exc}") from None
 
     def share(self, obj: Any) -> Any:
-        return self.ray.put(obj)
+        return self.ray.put(obj.value if isinstance(obj, Shared) else obj)
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
         remote = self.ray.remote(**self.options)(fn)
-        pending = {remote.remote(*args): key for key, args in jobs}
+        pending = {remote.remote(*args): key for key, args, _ in map(_unpack, jobs)}
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:
                 key = pending.pop(ref)
                 try:
                     yield key, self.ray.get(ref)
+                except Interrupted:
+                    raise
                 except Exception as exc:  # the task's own exception, wrapped by Ray
                     yield key, getattr(exc, "cause", None) or exc
 
@@ -81,9 +124,11 @@ class RayExecutor:
 
 
 def make_executor(name: str, address: str | None = None, num_cpus: float = 1.0,
-                  num_gpus: float = 0.0) -> LocalExecutor | RayExecutor:
+                  num_gpus: float = 0.0) -> LocalExecutor | RayExecutor | InlineExecutor:
     if name == "local":
         return LocalExecutor()
+    if name == "inline":
+        return InlineExecutor()
     if name == "ray":
         return RayExecutor(address, num_cpus, num_gpus)
-    raise ConfigError(f"unknown executor '{name}'; choose local or ray")
+    raise ConfigError(f"unknown executor '{name}'; choose local, ray or inline")

@@ -148,13 +148,14 @@ def _row(defense: str, spec: MatchSpec, budget: float, status: str, error: str |
                     provenance=spec.provenance)
 
 
-def failed_rows(defense: str, plan: AttackPlan, budgets: tuple[float, ...], reason: str) -> list[MatchRow]:
+def failed_rows(defense: str, plan: AttackPlan, budgets: tuple[float, ...], reason: str,
+                status: str = "failed") -> list[MatchRow]:
     """The rows of matches that could not run (the defense was not built, or a task crashed)."""
     attack = plan.attack
     return [MatchRow(defense=defense, attack=plan.label, budget=b, attack_id=plan.id,
                      attack_config=attack.config.model_dump(mode="json"), norm=attack.threat_norm.value,
                      knowledge=plan.view.knowledge(attack), threat_model=plan.view.threat_model(attack),
-                     status="failed", error=reason.splitlines()[0])
+                     status=status, error=reason.splitlines()[0])
             for b in budgets]
 
 

@@ -15,14 +15,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from operator import attrgetter
+
 from arena.model import default_device
-from arena.tournament.entrants import EntrantSpec, Prepared, prepare
-from arena.tournament.executors import LocalExecutor, RayExecutor
+from arena.tournament.entrants import EntrantSpec, Prepared, prepare, providers
+from arena.tournament.executors import InlineExecutor, LocalExecutor, RayExecutor
 from arena.tournament.matches import (Entrant, MatchOutcome, MatchSpec, craft_transfer, failed_rows, run_match,
                                       score_transfer)
-from arena.tournament.plan import AttackPlan, DefensePlan, Plan
+from arena.tournament.plan import AttackPlan, DefensePlan, Plan, check_samples
 from arena.tournament.provenance import provenance
 from arena.tournament.store import Store
+from arena.tournament.workers import Shared
 
 Todo = dict[str, list[tuple[AttackPlan, tuple[float, ...]]]]
 
@@ -31,7 +34,7 @@ class Runner:
     """Runs one tournament :class:`~arena.tournament.plan.Plan` into a :class:`Store`."""
 
     def __init__(self, plan: Plan, store: Store, *, cache_dir: str | Path | None = ".arena/cache",
-                 progress: bool = True, executor: LocalExecutor | RayExecutor | None = None,
+                 progress: bool = True, executor: LocalExecutor | RayExecutor | InlineExecutor | None = None,
                  source: str | None = None, source_text: str | None = None) -> None:
         self.plan, self.registry, self.store = plan, plan.registry, store
         self.cache_root = str(Path(cache_dir) / "models") if cache_dir is not None else None
@@ -39,29 +42,38 @@ class Runner:
         self.executor = executor or LocalExecutor()
         self.source, self.source_text = source, source_text
         self.entrants: dict[str, Entrant] = {}
+        self.shared: dict[str, Any] = {}  # each entrant as the executor shares it with its tasks
 
     def run(self, resume: bool = False) -> int:
         """Run (or, with ``resume``, finish) the tournament; returns the run id."""
         plan, cfg = self.plan, self.plan.config
         self.data = plan.dataset.build().load(plan.seed)
+        check_samples(plan, self.data)
         self.eval = self.data.test.take(cfg.samples, plan.seed)
         run_id = self.store.resumable_run(plan.digest()) if resume else None
         if run_id is None:
             run_id = self.store.start_run(plan.name, plan.digest(), cfg.model_dump(mode="json"), self.source,
                                           self.source_text, plan.seed, time.time(), self._provenance())
         self.run_id = run_id
-        todo = self._todo(self.store.done_matches(run_id))
+        try:
+            self._run_all(self.store.done_matches(run_id))
+        except BaseException:  # ^C, SIGTERM, a crash of the driver: the run can be resumed
+            self.store.finish_run(run_id, time.time(), status="interrupted")
+            raise
+        self.store.finish_run(run_id, time.time())
+        return run_id
+
+    def _run_all(self, done: set[tuple[str, str, float]]) -> None:
+        todo = self._todo(done)
         needed = self._needed(todo)
         total = len(needed) + sum(len(v) for v in todo.values())
         with tqdm(total=total, disable=not self.progress, unit="task", dynamic_ncols=True) as bar:
             self.bar = bar
             shared = (self.executor.share(self.data), self.executor.share(self.eval))
-            for level in plan.levels():
+            for level in self.plan.levels():
                 self._prepare_level([d for d in level if d.label in needed], shared)
                 self._run_matches([d.label for d in level if d.label in self.entrants], todo, shared[1])
             self._run_transfers(todo, shared[1])
-        self.store.finish_run(run_id, time.time())
-        return run_id
 
     # ------------------------------------------------------------- planning
     def _todo(self, done: set[tuple[str, str, float]]) -> Todo:
@@ -90,15 +102,21 @@ class Runner:
     def _prepare_level(self, level: list[DefensePlan], shared: tuple[Any, Any]) -> None:
         cfg = self.plan.config
         jobs = []
+        handles = {}
         for defense in level:
-            spec = EntrantSpec(defense, self.plan.dataset, cfg.seed, cfg.batch_size, self.cache_root)
-            parents = {r: self.entrants[r] for r in defense.parents if r in self.entrants}
-            jobs.append((defense.label, (self.registry, spec, shared[0], shared[1], parents)))
+            code = providers(self.registry, defenses=defense.id, architectures=defense.architecture.id,
+                             datasets=self.plan.dataset.id)
+            spec = EntrantSpec(defense, self.plan.dataset, cfg.seed, cfg.batch_size, self.cache_root, code)
+            parents = tuple(self.shared[r] for r in defense.parents if r in self.shared)
+            handles[defense.label] = Shared.of(None).id  # the worker keeps the entrant it built
+            jobs.append((defense.label, (spec, shared[0], shared[1], *parents),
+                         {"keep": (handles[defense.label], attrgetter("entrant"))}))
         for label, result in self.executor.map(prepare, jobs):
             self.bar.update()
             if isinstance(result, Prepared):
                 self.store.save_model(self.run_id, **result.model_row)
                 self.entrants[label] = result.entrant
+                self.shared[label] = self.executor.share(Shared(handles[label], result.entrant))
             else:
                 reason = f"defense '{label}' could not be built: {type(result).__name__}: {result}"
                 for a in self.plan.attacks:
@@ -108,10 +126,10 @@ class Runner:
     def _run_matches(self, labels: list[str], todo: Todo, evaluation: Any) -> None:
         jobs = []
         for label in labels:
-            entrant = self.executor.share(self.entrants[label])
             for attack, budgets in todo.get(label, []):
                 if attack.view.surrogate is None:
-                    jobs.append(((label, attack), (entrant, self._spec(attack, budgets, label), evaluation)))
+                    spec = self._spec(attack, budgets, label)
+                    jobs.append(((label, attack), (self.shared[label], spec, evaluation), _limit(spec)))
         for (label, attack), outcome in self.executor.map(run_match, jobs):
             self.bar.set_description(f"{attack.label} vs {label}")
             self.bar.update()
@@ -132,27 +150,38 @@ class Runner:
                     entry = wanted.setdefault(attack.label, (attack, set(), []))
                     entry[1].update(budgets)
                     entry[2].append(label)
-        jobs = [(name, (self.entrants[a.view.surrogate], self._spec(a, tuple(sorted(b)), a.view.surrogate),
-                        evaluation)) for name, (a, b, _) in wanted.items()]
+        jobs = []
+        for name, (a, b, _) in wanted.items():
+            spec = self._spec(a, tuple(sorted(b)), a.view.surrogate)
+            jobs.append((name, (self.shared[a.view.surrogate], spec, evaluation), _limit(spec)))
         for name, crafted in self.executor.map(craft_transfer, jobs):
             attack, _, labels = wanted[name]
+            scoring = []
             for label in labels:
-                self.bar.set_description(f"{name} vs {label}")
-                self.bar.update()
                 if isinstance(crafted, BaseException):
+                    self.bar.update()
                     self._crashed(label, attack, todo, crafted)
                     continue
                 budgets = next(b for a, b in todo[label] if a is attack)
                 spec = self._spec(attack, budgets, label)
-                for row in score_transfer(self.entrants[label], spec, crafted, self.eval).rows:
-                    self.store.save_match(self.run_id, row)
+                scoring.append(((label, attack), (self.shared[label], spec, crafted, evaluation), _limit(spec)))
+            for (label, _), outcome in self.executor.map(score_transfer, scoring):
+                self.bar.set_description(f"{name} vs {label}")
+                self.bar.update()
+                if isinstance(outcome, MatchOutcome):
+                    for row in outcome.rows:
+                        self.store.save_match(self.run_id, row)
+                else:
+                    self._crashed(label, attack, todo, outcome)
 
     def _crashed(self, label: str, attack: AttackPlan, todo: Todo, exc: BaseException) -> None:
         budgets = next(b for a, b in todo[label] if a is attack)
-        self._save_failed(label, attack, budgets, f"{type(exc).__name__}: {exc}")
+        status = "timed-out" if getattr(exc, "timed_out", False) else "failed"
+        self._save_failed(label, attack, budgets, f"{type(exc).__name__}: {exc}", status)
 
-    def _save_failed(self, label: str, attack: AttackPlan, budgets: tuple[float, ...], reason: str) -> None:
-        for row in failed_rows(label, attack, budgets, reason):
+    def _save_failed(self, label: str, attack: AttackPlan, budgets: tuple[float, ...], reason: str,
+                     status: str = "failed") -> None:
+        for row in failed_rows(label, attack, budgets, reason, status):
             self.store.save_match(self.run_id, row)
 
     def _spec(self, attack: AttackPlan, budgets: tuple[float, ...], defense: str) -> MatchSpec:
@@ -169,3 +198,16 @@ class Runner:
         device = default_device()
         return {**provenance(device), "executor": self.executor.name, "config_hash": self.plan.digest(),
                 "torch_deterministic": torch.are_deterministic_algorithms_enabled()}
+
+
+# A worker whose attack ignores its soft time limit (an ``except Exception`` around the attack
+# swallows the alarm) is killed this long after the limit of all its attack calls.
+GRACE = 5.0
+
+
+def _limit(spec: MatchSpec) -> dict[str, Any]:
+    """The task options of a match: a hard time limit when the match has a soft one."""
+    if spec.timeout is None:
+        return {}
+    calls = len(spec.attack.runs(spec.budgets))
+    return {"timeout": spec.timeout * calls + max(GRACE, 0.2 * spec.timeout)}

@@ -1,0 +1,239 @@
+"""Worker processes the driver can kill: where the local executor runs trainings and matches.
+
+A plugin runs in a worker, never in the driver, so that whatever it does stays in its task: an
+exception, ``sys.exit``, ``os._exit``, a segfault, running out of memory or ignoring its time
+limit fails that task only. The driver kills a worker that runs past the task's hard time
+limit, reports a worker that died, and starts a fresh one for the next task.
+
+Workers are forked from a multiprocessing *forkserver* that has imported torch and the
+installed plugins once, so a new worker starts in tens of milliseconds with no CUDA or OpenMP
+state of the driver's. Large arguments (the data, trained entrants) travel once per worker:
+the driver wraps them in :class:`Shared` handles, each worker keeps what it was sent, and a
+task's result can be kept in the worker under a handle the driver names (an entrant built
+there is attacked there without being sent back). Tensors cross the pipe through torch's
+shared-memory reductions.
+"""
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from arena.errors import ArenaError
+
+PRELOAD = "arena.tournament.preload"
+_handles = itertools.count(1)
+
+
+class WorkerFailed(ArenaError):
+    """A task's worker process died or was killed; the message says how. ``timed_out``: killed
+    at the task's hard time limit."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+    def __reduce__(self) -> tuple:
+        return (WorkerFailed, (str(self), self.timed_out))
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A large argument sent to each worker once (``value`` stays in the driver for new workers)."""
+
+    id: int
+    value: Any
+
+    @classmethod
+    def of(cls, value: Any) -> "Shared":
+        return cls(next(_handles), value)
+
+
+@dataclass(frozen=True)
+class _Ref:
+    id: int
+
+
+def _refs(arg: Any, held: set[int], sends: dict[int, Any]) -> Any:
+    """``arg`` with its Shared values (itself, or a dict's values) as references, collecting in
+    ``sends`` the values the worker does not hold yet."""
+    if isinstance(arg, dict):
+        return {k: _refs(v, held, sends) for k, v in arg.items()}
+    if not isinstance(arg, Shared):
+        return arg
+    if arg.id not in held:
+        sends[arg.id] = arg.value
+    return _Ref(arg.id)
+
+
+def _resolve(arg: Any, held: dict[int, Any]) -> Any:
+    if isinstance(arg, dict):
+        return {k: _resolve(v, held) for k, v in arg.items()}
+    return held[arg.id] if isinstance(arg, _Ref) else arg
+
+
+def _context() -> Any:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([PRELOAD])
+    return ctx
+
+
+class Worker:
+    """One worker process and its end of the pipe; ``held`` are the handles it has."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.held: set[int] = set()
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker (0 where /proc is not there)."""
+        try:
+            with open(f"/proc/{self.process.pid}/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+
+class WorkerPool:
+    """Runs tasks one at a time in a worker process, replacing it when it dies, is killed, or
+    holds more than ``max_rss`` bytes after a task (memory a plugin kept)."""
+
+    def __init__(self, max_rss: int | None = 8 << 30) -> None:
+        self.ctx = _context()
+        self.max_rss = max_rss
+        self.worker: Worker | None = None
+        self.started = 0
+
+    def _worker(self) -> Worker:
+        if self.worker is None or not self.worker.alive():
+            if self.worker is not None:
+                self.worker.kill()
+            self.worker = Worker(self.ctx)
+            self.started += 1
+        return self.worker
+
+    def run(self, fn: Callable[..., Any], args: tuple, *, timeout: float | None = None,
+            keep: tuple[int, Callable[[Any], Any]] | None = None) -> Any:
+        """``fn(*args)`` in a worker: its result, or its exception (raised here). ``Shared``
+        arguments (also as the values of a dict argument) are sent to a worker that does not
+        hold them yet; ``keep = (handle, part)`` keeps ``part(result)`` in the worker under that
+        handle. Past ``timeout`` seconds the worker is killed and :class:`WorkerFailed` raised."""
+        worker = self._worker()
+        sends: dict[int, Any] = {}
+        plain = tuple(_refs(arg, worker.held, sends) for arg in args)
+        try:
+            worker.conn.send((fn, plain, sends, keep))
+        except (BrokenPipeError, EOFError, OSError) as exc:
+            self._lost(worker)
+            raise WorkerFailed(f"the worker process could not be reached ({type(exc).__name__})") from None
+        worker.held.update(sends)
+        if keep is not None:
+            worker.held.add(keep[0])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                ready = worker.conn.poll(wait if wait is None else min(wait, 1.0))
+            except (EOFError, OSError):
+                ready = True
+            if ready:
+                break
+            if not worker.alive():
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                self._lost(worker)
+                raise WorkerFailed(f"killed after its hard time limit of {timeout:g} s", timed_out=True)
+        try:
+            status, value = worker.conn.recv()
+        except (EOFError, OSError):
+            code = self._lost(worker)
+            raise WorkerFailed(f"the worker process died ({_describe_exit(code)})") from None
+        if self.max_rss is not None and worker.rss_bytes() > self.max_rss:
+            self._lost(worker)  # memory a plugin kept is given back with the process
+        if status == "ok":
+            return value
+        raise value
+
+    def _lost(self, worker: Worker) -> int | None:
+        worker.kill()
+        self.worker = None
+        return worker.process.exitcode
+
+    def close(self) -> None:
+        if self.worker is not None:
+            try:
+                self.worker.conn.send(None)
+                self.worker.process.join(2)
+            except (BrokenPipeError, OSError):
+                pass
+            self.worker.kill()
+            self.worker = None
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _serve(conn: Any) -> None:
+    """The worker's loop: run each task sent, answer ("ok", result) or ("error", exception)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles ^C and ends its workers
+    held: dict[int, Any] = {}
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        fn, args, sends, keep = task
+        held.update(sends)
+        try:
+            result = fn(*[_resolve(a, held) for a in args])
+            if keep is not None:
+                held[keep[0]] = keep[1](result)
+            answer: tuple[str, Any] = ("ok", result)
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt of a plugin included
+            answer = ("error", _portable(exc))
+        try:
+            conn.send(answer)
+        except Exception as exc:  # a result that cannot be pickled fails its task, not the worker
+            conn.send(("error", WorkerFailed(f"the task's result could not be sent back: "
+                                             f"{type(exc).__name__}: {exc}")))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it pickles, else a WorkerFailed with its text (and never SystemExit itself)."""
+    import pickle
+
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return WorkerFailed(f"{type(exc).__name__}: {exc}".rstrip(": "))
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return WorkerFailed(last)
