@@ -1,9 +1,11 @@
 """Attack base classes and the harness that enforces the threat model (foolbox 3 style).
 
 A plugin implements :meth:`Attack.run`; callers use ``attack(model, x, y, eps, targets)``, whose
-``__call__`` is final: it validates inputs, hides the model behind a :class:`QueryOracle` for
-black-box attacks, puts the model in eval mode without parameter gradients, runs the plugin,
-projects the result onto the ε-ball and [0, 1], checks that the model's weights did not change,
+``__call__`` is final: it validates inputs, keeps its own copies of them (the plugin gets copies
+it may overwrite), hides the model behind a :class:`QueryOracle` over a ledger the harness holds
+for black-box attacks, puts the model in eval mode without parameter gradients, runs the plugin,
+checks that the model (parameters, buffers, submodules, attributes, hooks) did not change and
+restores it either way (:class:`ModelSnapshot`), projects the result onto the ε-ball and [0, 1],
 and measures success and distance itself.
 """
 from __future__ import annotations
@@ -13,12 +15,15 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from arena.data import check_images
 from arena.errors import AttackError, ConfigError
-from arena.model import Model, QueryOracle, frozen, seeded
+from arena.model import Model, QueryLedger, QueryOracle, frozen, seeded
 from arena.plugin import Plugin
 from arena.threat import Knowledge, Norm, ThreatModel, within
+
+_HARNESS = ("__call__", "_run_guarded", "_validate", "_result", "threat_model", "max_queries")  # final
 
 
 @dataclass
@@ -69,8 +74,9 @@ class Attack(Plugin):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "__call__" in cls.__dict__:
-            raise TypeError(f"{cls.__name__} must not override Attack.__call__; implement run()")
+        for name in _HARNESS:
+            if name in cls.__dict__:
+                raise TypeError(f"{cls.__name__} must not override Attack.{name}; implement run()")
 
     @property
     def threat_norm(self) -> Norm:
@@ -100,20 +106,37 @@ class Attack(Plugin):
             raise AttackError(f"attack '{self.id}': model must be callable, got {type(model).__name__}")
         threat = self._validate(x, y, eps, targets)
         self.context = context  # the defense object, for adaptive attacks (declared hooks only)
+        # The harness judges against its own copies; the plugin gets copies it may overwrite.
+        x, y = x.detach().clone(), y.clone()
+        targets = None if targets is None else targets.clone()
         with frozen(model), seeded(seed, x.device):
-            fingerprint = _fingerprint(model)
             if x.shape[0]:
                 num_classes = _logits(model, x[:1]).shape[1]  # one sample tells the class count
                 _check_labels(y, targets, num_classes, self.id)
-            target = self._target(model, x.shape[0], x.device)
-            out = self.run(target, x, y, threat.eps, targets)
-            x_adv, queries = _unpack(out, target, x.shape[0], x.device)
-            _check_output(x_adv, x, self.id)
-            x_adv = threat.project(x_adv.detach().to(x.dtype), x)
-            if fingerprint != _fingerprint(model):
-                raise AttackError(f"attack '{self.id}' modified the model's weights")
-            adv_pred = _logits(model, x_adv).argmax(dim=1)
+            x_adv, queries = self._run_guarded(model, x, y, threat.eps, targets)
+            x_adv = threat.project(x_adv, x)
+            adv_pred = _logits(model, x_adv).argmax(dim=1)  # the model verified and restored
         return self._result(x, y, x_adv, adv_pred, targets, queries, threat)
+
+    def _run_guarded(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None,
+                     targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``run`` on copies of the inputs, with the model snapshotted before and checked and
+        restored after (also when ``run`` raises); queries from the harness's own ledger."""
+        n, device = x.shape[0], x.device
+        ledger = QueryLedger(n, self.max_queries, device) if self.knowledge is Knowledge.BLACK_BOX else None
+        target = model if ledger is None else QueryOracle(
+            model, n, output=self.oracle_output, ledger=ledger)
+        snapshot = ModelSnapshot(model, self.context)
+        try:
+            out = self.run(target, x.clone(), y.clone(), eps, None if targets is None else targets.clone())
+        finally:
+            changes = snapshot.restore()
+        if changes:
+            more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+            raise AttackError(f"attack '{self.id}' modified the model: {changes[0]}{more}")
+        x_adv, queries = _unpack(out, ledger, n, device, self.id)
+        _check_output(x_adv, x, self.id)
+        return x_adv.detach().to(x.dtype), queries
 
     def _validate(self, x: torch.Tensor, y: torch.Tensor, eps: float | None,
                   targets: torch.Tensor | None) -> ThreatModel:
@@ -135,11 +158,6 @@ class Attack(Plugin):
         except ValueError as exc:
             raise ConfigError(f"attack '{self.id}': eps: {exc}") from None
 
-    def _target(self, model: Model, n: int, device: torch.device) -> Any:
-        if self.knowledge is Knowledge.BLACK_BOX:
-            return QueryOracle(model, n, output=self.oracle_output, budget=self.max_queries, device=device)
-        return model
-
     def _result(self, x, y, x_adv, adv_pred, targets, queries, threat) -> AttackResult:
         success = adv_pred == targets if targets is not None else adv_pred != y
         distance = threat.norm.measure(x_adv - x)
@@ -148,16 +166,22 @@ class Attack(Plugin):
         return AttackResult(x_adv, success, distance, queries, threat.norm, threat.eps)
 
 
-def _unpack(out: Any, target: Any, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _unpack(out: Any, ledger: QueryLedger | None, n: int, device: torch.device,
+            attack_id: str) -> tuple[Any, torch.Tensor]:
     x_adv, queries = (out.x_adv, out.queries) if isinstance(out, RunOutput) else (out, None)
-    if isinstance(target, QueryOracle):
-        queries = target.counts.clone()
+    if ledger is not None:
+        return x_adv, ledger.counts  # black-box: the harness's count, never the plugin's
     if queries is None:
-        queries = torch.zeros(n, dtype=torch.long, device=device)
-    return x_adv, queries.to(device=device, dtype=torch.long)
+        return x_adv, torch.zeros(n, dtype=torch.long, device=device)
+    queries = torch.as_tensor(queries)
+    if queries.shape != (n,):
+        raise AttackError(f"attack '{attack_id}' reported queries of shape {tuple(queries.shape)}, expected ({n},)")
+    return x_adv, queries.detach().to(device=device, dtype=torch.long)
 
 
 def _check_output(x_adv: Any, x: torch.Tensor, attack_id: str) -> None:
+    if isinstance(x_adv, torch.Tensor) and type(x_adv) is not torch.Tensor:  # a subclass could lie to the judge
+        raise AttackError(f"attack '{attack_id}' returned a {type(x_adv).__name__}, expected a plain torch.Tensor")
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
         shape = tuple(getattr(x_adv, "shape", ()))
         raise AttackError(f"attack '{attack_id}' returned shape {shape}, expected {tuple(x.shape)}")
@@ -176,14 +200,183 @@ def _logits(model: Model, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-def _fingerprint(model: Any) -> tuple:
-    """Identity, in-place version counter and checksum of every parameter and buffer."""
-    if not isinstance(model, nn.Module):
-        return ()
-    items = []
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        items.append((name, id(t), t._version, float(t.detach().double().sum())))
-    return tuple(items)
+# ------------------------------------------------------------ the model as the attack found it
+
+_CONTAINERS = {"_parameters": "parameter", "_buffers": "buffer", "_modules": "module"}
+_HOOKS = {"_forward_hooks": "forward hook", "_forward_pre_hooks": "forward pre-hook",
+          "_backward_hooks": "backward hook", "_backward_pre_hooks": "backward pre-hook"}
+_HOOK_FLAGS = {"_forward_hooks_with_kwargs": "forward hook", "_forward_hooks_always_called": "forward hook",
+               "_forward_pre_hooks_with_kwargs": "forward pre-hook"}
+_QUIET = {"training", "_is_full_backward_hook", "_non_persistent_buffers_set"}  # restored, not reported
+_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class ModelSnapshot:
+    """A model's state as an attack found it, to tell exactly what the attack changed and undo it.
+
+    Covers every submodule's class, instance attributes, parameters and buffers (names, objects,
+    values bit for bit, dtype, shape, device; plain tensor attributes too), submodules, and
+    forward / forward-pre / backward / backward-pre hooks, plus torch's global module hooks, and
+    the attributes and modules of the defense object given to an adaptive attack (``context``).
+    Training-mode flags and parameters' ``.grad`` are restored without being reported. Class- or
+    library-level monkey-patching is beyond an in-process check.
+
+    Cost: one copy of every parameter and buffer per attack call (memory: the model's size; time:
+    one memcpy), and at the end one bitwise comparison per tensor with one host sync per device;
+    dicts of hooks and attributes are copied shallowly.
+    """
+
+    def __init__(self, model: Any, context: Any = None) -> None:
+        mods = _modules_of(model, context)
+        keep = (*_CONTAINERS, *_HOOKS, *_HOOK_FLAGS, "_non_persistent_buffers_set")
+        self._modules = [(m, name, type(m), dict(vars(m)), {k: _contents(vars(m)[k]) for k in keep
+                                                             if isinstance(vars(m).get(k), (dict, set))})
+                         for name, m in mods]
+        self._tensors: dict[int, tuple[torch.Tensor, str, torch.Tensor, Any]] = {}
+        for m, name, _, attrs, _ in self._modules:
+            for kind, items in (("parameter", getattr(m, "_parameters", {})), ("buffer", getattr(m, "_buffers", {})),
+                                ("tensor attribute", attrs)):
+                for key, t in items.items():
+                    if isinstance(t, torch.Tensor) and id(t) not in self._tensors:
+                        grad = t.grad if isinstance(t, nn.Parameter) else None
+                        label = f"{kind} {name}.{key}" if name else f"{kind} {key}"
+                        self._tensors[id(t)] = (t, label, t.detach().clone(), grad)
+        names = [f"_global{k}" for k in (*_HOOKS, *_HOOK_FLAGS)] + ["_global_is_full_backward_hook"]
+        self._globals = {k: (getattr(_torch_module, k), _contents(getattr(_torch_module, k)))
+                         for k in names if hasattr(_torch_module, k)}
+
+    def changes(self) -> list[str]:
+        """What differs from the snapshot, one phrase per change (modules, tensors, global hooks)."""
+        out: list[str] = []
+        for m, name, cls, attrs, saved in self._modules:
+            where, now = name or "the model", vars(m)
+            if type(m) is not cls:
+                out.append(f"changed the class of {where}")
+            out += [f"attribute '{k}' of {where}" for k in attrs.keys() | now.keys()
+                    if k not in _QUIET and k not in saved
+                    and not (k in now and k in attrs and self._same_value(attrs[k], now[k]))]
+            for key, before in saved.items():
+                out += _diff(key, before, _contents(now.get(key)), name, f"on {where}")
+        out += self._tensor_changes()
+        for key, (_, before) in self._globals.items():
+            out += _diff(key[len("_global"):], before, _contents(getattr(_torch_module, key)), "", "", "global ")
+        return out
+
+    def _same_value(self, before: Any, now: Any) -> bool:
+        """An attribute still holds what it held: the same object, an equal scalar, or a tensor
+        equal bit for bit to the one it held (a forward pre-hook such as ``weight_norm``'s
+        recomputes its tensor attribute on every call)."""
+        if before is now or (type(before) is type(now) and isinstance(before, _SCALARS) and before == now):
+            return True
+        saved = self._tensors.get(id(before)) if isinstance(before, torch.Tensor) else None
+        return (saved is not None and saved[0] is before and type(now) is type(before)
+                and _exactly(now, saved[2]))
+
+    def _tensor_changes(self) -> list[str]:
+        out, compared = [], []
+        for t, label, copy, _ in self._tensors.values():
+            meta = [f"{what} {a} -> {b}" for what, a, b in (
+                ("dtype", copy.dtype, t.dtype), ("shape", tuple(copy.shape), tuple(t.shape)),
+                ("device", copy.device, t.device)) if a != b]
+            if meta:
+                out.append(f"{label} ({', '.join(meta)})")
+            else:
+                compared.append((label, torch.ne(_bits(t.detach()), _bits(copy)).any()))
+        for device in {flag.device for _, flag in compared}:  # one host sync per device
+            rows = [(label, flag) for label, flag in compared if flag.device == device]
+            flags = torch.stack([flag for _, flag in rows]).tolist()
+            out += [f"{label} (values)" for (label, _), bad in zip(rows, flags) if bad]
+        return out
+
+    def restore(self) -> list[str]:
+        """Put everything back as it was; returns what had changed (empty: nothing did)."""
+        changes = self.changes()
+        for m, _, cls, attrs, saved in self._modules:
+            if type(m) is not cls:
+                object.__setattr__(m, "__class__", cls)
+            vars(m).clear()
+            vars(m).update(attrs)
+            for key, before in saved.items():
+                attrs[key].clear()
+                attrs[key].update(before)
+        with torch.no_grad():
+            for t, _, copy, grad in self._tensors.values():
+                if changes and not _exactly(t, copy):
+                    if (t.dtype, t.shape, t.device) == (copy.dtype, copy.shape, copy.device):
+                        t.copy_(copy)  # in place: storage shared with views and tied weights stays shared
+                    else:
+                        t.data = copy
+                if isinstance(t, nn.Parameter) and t.grad is not grad:
+                    t.grad = grad
+        for key, (obj, before) in self._globals.items():
+            setattr(_torch_module, key, obj)
+            if isinstance(obj, dict):
+                obj.clear()
+                obj.update(before)
+        return changes
+
+
+def _modules_of(model: Any, context: Any) -> list[tuple[str, Any]]:
+    """Every module of ``model`` and of an adaptive attack's defense object ``context`` (its
+    attributes, say a detector's threshold, and the modules it holds), each once, with a name."""
+    roots = [("", model)] if isinstance(model, nn.Module) else []
+    out: list[tuple[str, Any]] = []
+    if context is not None and hasattr(context, "__dict__") and not isinstance(context, nn.Module):
+        out.append(("context", context))
+        roots += [(f"context.{k}", v) for k, v in vars(context).items() if isinstance(v, nn.Module)]
+    elif isinstance(context, nn.Module):
+        roots.append(("context", context))
+    seen = {id(context)} if out else set()
+    for prefix, root in roots:
+        for name, m in root.named_modules(prefix=prefix):
+            if id(m) not in seen:
+                seen.add(id(m))
+                out.append((name, m))
+    return out
+
+
+def _diff(key: str, before: Any, now: Any, name: str, where: str, scope: str = "") -> list[str]:
+    """The changes between two ``_contents`` of the module attribute ``key`` (a dict)."""
+    if not isinstance(before, list):
+        return []
+    old, new = dict(before), dict(now) if isinstance(now, list) else {}
+    if key in _CONTAINERS:
+        label = f"{_CONTAINERS[key]} {name}." if name else f"{_CONTAINERS[key]} "
+        return ([f"added {label}{k}" for k in new.keys() - old.keys()]
+                + [f"removed {label}{k}" for k in old.keys() - new.keys()]
+                + [f"replaced {label}{k}" for k in old.keys() & new.keys() if old[k] is not new[k]])
+    what = f"{scope}{_HOOKS.get(key) or _HOOK_FLAGS.get(key, key)}{' ' if where else ''}{where}"
+    if key in _HOOK_FLAGS:
+        return [f"changed the flags of a {what}"] if old != new else []
+    out = ([f"registered a {what}"] * bool(new.keys() - old.keys())
+           + [f"removed a {what}"] * bool(old.keys() - new.keys())
+           + [f"replaced a {what}"] * any(old[k] is not new[k] for k in old.keys() & new.keys()))
+    if not out and list(old) != list(new):
+        out.append(f"reordered the hooks ({what})")
+    return out
+
+
+def _contents(obj: Any) -> Any:
+    """A shallow copy of a dict (its items, in order) or set; other objects as they are."""
+    if isinstance(obj, dict):
+        return list(obj.items())
+    return set(obj) if isinstance(obj, set) else obj
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with floating-point values reinterpreted as integers, so comparison is bit for bit
+    (NaN equals itself, -0.0 differs from 0.0)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.is_floating_point() and t.element_size() in _BITS:
+        return t.view(_BITS[t.element_size()])
+    return t
+
+
+def _exactly(t: torch.Tensor, copy: torch.Tensor) -> bool:
+    return ((t.dtype, t.shape, t.device) == (copy.dtype, copy.shape, copy.device)
+            and bool(torch.equal(_bits(t.detach()), _bits(copy))))
 
 
 def off_target(cls: type, params: dict[str, Any]) -> dict[str, Any]:

@@ -90,17 +90,77 @@ def torch_threads_for(model: Any) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class QueryLedger:
+    """The harness's record of a black-box attack's queries: per-sample counts against an optional
+    per-sample ``budget``. The harness creates it and keeps it; the attack sees only a
+    :class:`QueryOracle` over it, which charges every row it evaluates before the model runs.
+    ``counts`` is a copy, and neither it nor ``budget`` can be assigned."""
+
+    __slots__ = ("_budget", "_counts")
+
+    def __init__(self, n: int, budget: int | None = None, device: torch.device | None = None) -> None:
+        if budget is not None and budget < 0:
+            raise ValueError(f"query budget must be non-negative, got {budget}")
+        self._counts = torch.zeros(n, dtype=torch.long, device=device)
+        self._budget = budget
+
+    @property
+    def n(self) -> int:
+        """The number of attacked samples."""
+        return self._counts.shape[0]
+
+    @property
+    def budget(self) -> int | None:
+        return self._budget
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """Queries spent on each sample so far (a copy)."""
+        return self._counts.clone()
+
+    @property
+    def total(self) -> int:
+        """All queries so far."""
+        return int(self._counts.sum())
+
+    def charge(self, rows: int, index: Any = None) -> None:
+        """Count ``rows`` queries, row ``k`` for sample ``index[k]`` (without ``index``: one row per
+        sample, in order); QueryBudgetExceeded, counting nothing, if a sample would exceed the
+        budget."""
+        index = self._rows_index(rows, index)
+        spent = torch.bincount(index, minlength=self.n)
+        if self._budget is not None and bool(((self._counts + spent) > self._budget).any()):
+            raise QueryBudgetExceeded(f"query budget of {self._budget} per sample exceeded")
+        self._counts += spent
+
+    def _rows_index(self, rows: int, index: Any) -> torch.Tensor:
+        if index is None:
+            if rows != self.n:
+                raise ValueError(f"query of {rows} rows for {self.n} samples needs an index")
+            return torch.arange(rows, device=self._counts.device)
+        index = torch.as_tensor(index, device=self._counts.device)
+        if index.dtype in (torch.bool, torch.uint8) or index.is_floating_point() or index.is_complex():
+            raise ValueError(f"query index must hold integer sample indices, got {index.dtype}")
+        if index.dim() != 1 or index.shape[0] != rows:
+            raise ValueError(f"query index of {index.numel()} entries for {rows} rows: give the "
+                             "attacked sample of every row (a 1-D index as long as the query)")
+        if rows and bool(((index < 0) | (index >= self.n)).any()):
+            raise ValueError(f"query index must lie in [0, {self.n})")
+        return index.long()
+
+
 class QueryOracle:
     """Black-box access to a model: labels or scores only, every query counted.
 
     The oracle answers under ``torch.no_grad`` with detached tensors, so no gradient can flow
-    back to the model. ``counts`` holds the queries spent on each of the ``n`` samples of the
-    attacked batch; a query for a subset of them passes their indices as ``index``. With a
-    ``budget`` (queries per sample), a query that would exceed it raises
-    :class:`arena.errors.QueryBudgetExceeded` before the model is run.
+    back to the model. Every row evaluated is counted, for the attacked sample ``index`` names
+    (one entry per row), in a :class:`QueryLedger` that the harness holds (``ledger=``; else the
+    oracle makes its own). With a ``budget`` (queries per sample), a query that would exceed it
+    raises :class:`arena.errors.QueryBudgetExceeded` before the model is run. ``counts`` (a copy),
+    ``total``, ``budget`` and ``output`` are read-only, and the oracle takes no new attributes.
     """
 
-    __slots__ = ("_forward", "output", "budget", "counts")
+    __slots__ = ("_forward", "_ledger", "_output")
 
     def __init__(
         self,
@@ -110,45 +170,61 @@ class QueryOracle:
         output: Literal["labels", "scores"] = "labels",
         budget: int | None = None,
         device: torch.device | None = None,
+        ledger: QueryLedger | None = None,
     ) -> None:
         if output not in ("labels", "scores"):
             raise ValueError(f"output must be 'labels' or 'scores', got {output!r}")
+        if ledger is None:
+            ledger = QueryLedger(n, budget, device)
+        elif ledger.n != n or (budget is not None and budget != ledger.budget):
+            raise ValueError("the ledger's size and budget must match the oracle's")
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 return model(x).detach()
 
-        self._forward = forward
-        self.output = output
-        self.budget = budget
-        self.counts = torch.zeros(n, dtype=torch.long, device=device)
+        for name, value in (("_forward", forward), ("_ledger", ledger), ("_output", output)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"QueryOracle is read-only: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"QueryOracle is read-only: cannot delete {name!r}")
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Labels (int64, ``(M,)``) or softmax scores (``(M, K)``) for the ``M`` inputs ``x``.
 
-        ``index`` names which attacked sample each row of ``x`` belongs to; without it, ``x``
-        must hold one row per attacked sample, in order.
+        ``index`` names which attacked sample each row of ``x`` belongs to (``M`` entries);
+        without it, ``x`` must hold one row per attacked sample, in order.
         """
-        if index is None:
-            if x.shape[0] != self.counts.shape[0]:
-                raise ValueError(
-                    f"query of {x.shape[0]} rows for {self.counts.shape[0]} samples needs an index"
-                )
-            index = torch.arange(x.shape[0], device=self.counts.device)
-        index = index.to(self.counts.device)
-        spent = torch.bincount(index, minlength=self.counts.shape[0])
-        if self.budget is not None and bool(((self.counts + spent) > self.budget).any()):
-            raise QueryBudgetExceeded(f"query budget of {self.budget} per sample exceeded")
-        self.counts += spent
+        if not isinstance(x, torch.Tensor) or x.dim() < 1:
+            raise ValueError("a query is a tensor of input rows")
+        self._ledger.charge(x.shape[0], index)
         logits = self._forward(x.detach())
-        if self.output == "labels":
+        if self._output == "labels":
             return logits.argmax(dim=1)
         return logits.softmax(dim=1)
 
     @property
+    def output(self) -> str:
+        """``"labels"`` or ``"scores"``."""
+        return self._output
+
+    @property
+    def budget(self) -> int | None:
+        """Queries allowed per sample (``None``: unlimited)."""
+        return self._ledger.budget
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """Queries spent on each attacked sample so far (a copy: changing it changes nothing)."""
+        return self._ledger.counts
+
+    @property
     def total(self) -> int:
         """All queries so far."""
-        return int(self.counts.sum())
+        return self._ledger.total
 
 
 class Architecture(Plugin):

@@ -6,7 +6,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from arena import AttackError, ConfigError, QueryBudgetExceeded
+from arena import AttackError, ConfigError, QueryBudgetExceeded, testing
 from arena.attack import FixedBudgetAttack, MinimalAttack, RunOutput
 from arena.model import QueryOracle
 from arena.plugin import PluginConfig
@@ -97,8 +97,39 @@ def test_harness_clips_an_attack_that_overshoots(model, batch):
 
 
 def test_weight_edits_are_caught(model, batch):
-    with pytest.raises(AttackError, match="modified the model's weights"):
+    with pytest.raises(AttackError, match="attack 'edits-weights' modified the model: parameter classifier.weight"):
         EditsWeights()(model, *batch, eps=0.1)
+
+
+class TidyHooks(FixedBudgetAttack):
+    """Test attack that hooks the model while it works and unhooks it before returning."""
+
+    id: ClassVar[str] = "tidy-hooks"
+
+    def run(self, model, x, y, eps, targets):
+        seen = []
+        handle = model.classifier.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        model.train()  # mode flags are the harness's to restore, not an error
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        assert seen
+        return x
+
+
+def test_honest_transient_changes_are_not_flagged(model, batch):
+    x, y = batch
+    with pytest.warns(FutureWarning):  # the old weight_norm recomputes classifier.weight on every call
+        torch.nn.utils.weight_norm(model.classifier)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    TidyHooks()(model, x, y, eps=0.1)
+    assert testing.registry().make_attack("fgsm")(model, x, y, eps=0.1).success.any()
+    assert not model.training
+    assert not model.classifier._forward_hooks and len(model.classifier._forward_pre_hooks) == 1  # weight_norm's
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
 
 
 def test_nan_output_is_an_error(model, batch):
@@ -134,6 +165,36 @@ def test_oracle_query_with_subset_index(model, batch):
         oracle(x[:4])
 
 
+@pytest.mark.parametrize("index, message", [
+    (torch.tensor([0, 1]), "index of 2 entries for 4 rows"),
+    (torch.tensor([[0, 1], [2, 3]]), "index of 4 entries for 4 rows"),
+    (torch.tensor([0, 1, 2, 32]), r"must lie in \[0, 32\)"),
+    (torch.tensor([0, -1, 2, 3]), r"must lie in \[0, 32\)"),
+    (torch.tensor([0.0, 1.0, 2.0, 3.0]), "integer sample indices"),
+    (torch.ones(4, dtype=torch.bool), "integer sample indices"),
+])
+def test_oracle_index_names_one_sample_per_row(model, batch, index, message):
+    x, _ = batch
+    oracle = QueryOracle(model, len(x))
+    with pytest.raises(ValueError, match=message):
+        oracle(x[:4], index)
+    assert oracle.total == 0
+
+
+def test_oracle_is_read_only(model, batch):
+    x, _ = batch
+    oracle = QueryOracle(model, len(x), budget=2)
+    oracle(x)
+    for name, value in (("budget", None), ("counts", None), ("output", "scores"), ("total", 0), ("extra", 1)):
+        with pytest.raises(AttributeError):
+            setattr(oracle, name, value)
+    oracle.counts.zero_()
+    assert oracle.budget == 2 and oracle.output == "labels" and oracle.total == len(x)
+    oracle(x)
+    with pytest.raises(QueryBudgetExceeded):
+        oracle(x[:1], torch.tensor([0]))
+
+
 def test_minimal_attack_reports_distances_and_queries(model, batch):
     x, y = batch
     result = Identity()(model, x, y)
@@ -160,10 +221,7 @@ def test_fixed_budget_attack_needs_eps(model, batch):
         Overshoot()(model, *batch)
 
 
-def test_run_cannot_be_bypassed():
-    with pytest.raises(TypeError, match="must not override"):
-        class Sneaky(FixedBudgetAttack):
-            """Overrides __call__."""
-
-            def __call__(self, *a, **k):
-                return None
+@pytest.mark.parametrize("name", ["__call__", "_run_guarded", "_validate", "_result", "threat_model"])
+def test_run_cannot_be_bypassed(name):
+    with pytest.raises(TypeError, match=f"must not override Attack.{name}"):
+        type("Sneaky", (FixedBudgetAttack,), {"__doc__": "Overrides the harness.", name: lambda self, *a, **k: None})
