@@ -109,3 +109,18 @@ def test_flags_come_in_a_fixed_order(tmp_path):
     rows += [("hsj", "black-box", b, "0100", 500, 0.75) for b in budgets]
     found = [f for f in flags(*_store(tmp_path, rows)) if f.check == "weaker-access-wins"]
     assert [f.message.split("at ε=")[1].split(" ")[0] for f in found] == [f"{b:g}" for b in budgets]
+
+
+def test_flags_do_not_claim_more_than_the_finished_matches_measured(tmp_path):
+    """A white-box attack that timed out did not "miss" anything: the flag names it; an adaptive
+    attack that failed was run, but did not finish."""
+    _store(tmp_path, [("fgsm", "white-box", 0.1, "1100", 1, 0.5), ("hsj", "black-box", 0.1, "0100", 500, 0.75)],
+           {"randomized": True})
+    store = Store(tmp_path / "c.db")
+    for attack, knowledge in (("pgd", "white-box"), ("eot", "adaptive")):
+        store.save_match(1, MatchRow(defense="d", attack=attack, budget=0.1, attack_id=attack, attack_config={},
+                                     norm="linf", knowledge=knowledge, status="timed-out", error="slow"))
+    found = {f.check: f.message for f in flags(store.models(1), store.matches(1))}
+    assert found["weaker-access-wins"] == ("hsj (black-box) breaks 1 example at ε=0.1 that every white-box attack "
+                                           "that finished missed (not finished: pgd timed-out, eot timed-out)")
+    assert found["randomized-without-eot"] == "outputs are randomised and no adaptive attack finished (eot timed-out)"

@@ -130,6 +130,22 @@ def test_match_pages_show_status_error_config_and_provenance(published):
     assert "explodes vs standard" in notes
 
 
+def test_the_failed_attack_marks_the_worst_cases_it_should_cover(published):
+    """explodes (ε=0.1) failed against both defenses: both worst cases at 0.1 are marked
+    incomplete, on the index and on the match pages; those at 0.05 and 0.3 are complete."""
+    _, _, index = published
+    text = index.read_text()
+    for defense in ("standard", "gda &lt;b&gt;&amp;&quot;σ $x_1$"):
+        assert f"<li>* {defense}, worst ε=0.1: incomplete: explodes failed</li>" in text
+    assert text.count('<td class="worst incomplete') == 2
+    attacks = text.split('id="table-attacks-success-rate-in"')[1].split("</table>")[0]
+    assert ">explodes<" in attacks and ">failed<" in attacks
+    page = (index.parent / "matches" / "standard--fgsm-linf--0.1.html").read_text()
+    assert "worst case at this ε" in page and "incomplete: explodes failed" in page
+    page = (index.parent / "matches" / "standard--fgsm-linf--0.3.html").read_text()
+    assert "(complete: every attack it covers finished ok)" in page
+
+
 def test_publish_refreshes_its_own_site_but_not_a_foreign_directory(published, tmp_path):
     store, run_id, index = published
     assert site.publish(store, run_id, index.parent) == index
@@ -224,6 +240,11 @@ def test_site_renders_sorts_and_links_in_chromium(published, browser):
     assert all(len(t.find_elements(By.CSS_SELECTOR, "tbody tr")) == 2 for t in per_norm)  # one row per defense
     if "attack" in tables:  # the attacks' ranking, when the leaderboard has one
         assert "fgsm-linf" in tables["attack"].text and "pgd l2" in tables["attack"].text
+    marked = browser.find_elements(By.CSS_SELECTOR, "#table-linf td.incomplete")
+    assert len(marked) == 2 and all(c.text.endswith("*") and c.is_displayed() for c in marked)
+    assert all("incomplete: explodes failed" in c.get_attribute("title") for c in marked)
+    footnotes = browser.find_element(By.ID, "incomplete-linf")
+    assert footnotes.is_displayed() and "worst ε=0.1: incomplete: explodes failed" in footnotes.text
     images = browser.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
     assert images and all(w > 0 for w in images)
     headers = browser.find_elements(By.CSS_SELECTOR, "#table-linf thead th")

@@ -4,11 +4,14 @@ do not reach ~100% success, single-step attacks beating iterative ones, black-bo
 gray-box attacks beating white-box ones on some examples, randomised outputs evaluated without an
 adaptive (EOT) attack, and what the model probes of :func:`arena.checks.model_checks` found.
 
-Each flag says what it suggests and which attack to add.
+Each flag says what it suggests and which attack to add. Flags read the matches that finished
+``ok``; where one that would change a flag's claim did not (a white-box attack that timed out), the
+flag says so rather than claim more than was measured.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from arena.leaderboard.labels import budget_label
@@ -32,13 +35,17 @@ def flags(models: list[ModelRecord], matches: list[MatchRecord], tolerance: floa
     for model in models:
         d = model.defense
         mine = [m for m in matches if m.defense == d and m.ok]
+        unfinished = [m for m in matches if m.defense == d and not m.ok]
         found += _model_flags(d, model)
         found += _monotonic(d, mine, tolerance)
         found += _unbounded(d, mine, model.clean_accuracy)
         found += _single_step(d, mine, tolerance)
-        found += _weaker_access(d, mine)
+        found += _weaker_access(d, mine, unfinished)
         if model.checks.get("randomized") and not any(m.knowledge == "adaptive" for m in mine):
-            found.append(Flag(d, "randomized-without-eot", "outputs are randomised but no adaptive attack was run",
+            tried = _unfinished_text(m for m in unfinished if m.knowledge == "adaptive")
+            message = (f"outputs are randomised and no adaptive attack finished ({tried})" if tried else
+                       "outputs are randomised but no adaptive attack was run")
+            found.append(Flag(d, "randomized-without-eot", message,
                               "stochastic gradients; add an EOT attack (eot, cw-eot)"))
     return found
 
@@ -102,8 +109,14 @@ def _single_step(d: str, matches: list[MatchRecord], tol: float) -> list[Flag]:
     return out
 
 
-def _weaker_access(d: str, matches: list[MatchRecord]) -> list[Flag]:
-    """Examples broken by a black-box, transfer or gray-box attack but by no white-box one."""
+def _unfinished_text(matches: Iterable[MatchRecord]) -> str:
+    """``pgd timed-out, cw failed``: the attacks of the matches given, with their status."""
+    return ", ".join(dict.fromkeys(f"{m.attack} {m.status}" for m in matches))
+
+
+def _weaker_access(d: str, matches: list[MatchRecord], unfinished: list[MatchRecord]) -> list[Flag]:
+    """Examples broken by a black-box, transfer or gray-box attack but by no white-box one (of
+    those that finished: the others are named)."""
     out = []
     for (norm, budget) in sorted({(m.norm, m.budget) for m in matches}):
         rows = [m for m in matches if (m.norm, m.budget) == (norm, budget) and m.robust_mask is not None]
@@ -112,10 +125,14 @@ def _weaker_access(d: str, matches: list[MatchRecord]) -> list[Flag]:
         if not white:
             continue
         robust_white = [all(col) for col in zip(*white)]
+        missed = _unfinished_text(m for m in unfinished if (m.norm, m.budget) == (norm, budget)
+                                  and m.knowledge in ("white-box", "adaptive"))
+        every = f"every white-box attack that finished missed (not finished: {missed})" if missed else \
+            "every white-box attack missed"
         for m in weaker:
             beaten = sum(w and not r for w, r in zip(robust_white, m.robust_mask))
             if beaten:
                 out.append(Flag(d, "weaker-access-wins", f"{m.attack} ({m.threat_model}) breaks {beaten} "
-                                f"example{'' if beaten == 1 else 's'} at ε={budget_label(budget)} that every "
-                                "white-box attack missed", "gradient masking; add BPDA/EOT adaptive attacks"))
+                                f"example{'' if beaten == 1 else 's'} at ε={budget_label(budget)} that {every}",
+                                "gradient masking; add BPDA/EOT adaptive attacks"))
     return out

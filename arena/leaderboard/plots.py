@@ -7,20 +7,28 @@
 - ``heatmap``: defense × attack robust accuracy at one budget per norm, annotated cells, with the
   per-example worst case over the norm's attacks as a last column.
 
-File names are deterministic (slugs of the attack names, norms and budgets), and so is the
-content: SVG ids are salted with a constant and no dates are written.
+File names are deterministic (slugs of the attack names, norms and budgets, cut to
+:data:`SLUG_LIMIT` characters plus a hash of the whole name when longer), and so is the content:
+SVG ids are salted with a constant and no dates are written. A heatmap's worst case that lacks an
+attack it should cover (:mod:`arena.leaderboard.coverage`) is annotated with a ``*``.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
 from typing import Any
 
 from arena.errors import ConfigError
+from arena.leaderboard.coverage import Coverage
+from arena.leaderboard.formats import MARKER
 from arena.leaderboard.labels import budget_label
 from arena.leaderboard.tables import worst_case
-from arena.tournament.store import MatchRecord, ModelRecord, Store
+from arena.tournament.store import MatchRecord, ModelRecord, RunRecord, Store
+
+SLUG_LIMIT = 80  # characters of a slug kept before the hash: file names stay far below 255 bytes
+LABEL_LIMIT = 40  # characters of a name shown on a plot
 
 FORMATS = ("png", "svg")
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None}}
@@ -29,8 +37,19 @@ _STYLE = {"text.parse_math": False, "svg.hashsalt": "arena", "svg.fonttype": "pa
 
 
 def slugify(text: str) -> str:
-    """A lower-case file-name slug: runs of anything but letters and digits become one dash."""
-    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+    """A lower-case file-name slug: runs of anything but ASCII letters and digits become one dash;
+    one longer than :data:`SLUG_LIMIT` is cut there and gets 8 hex digits of the SHA-256 of the
+    whole text, so that names that differ only after the cut keep apart."""
+    slug = re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+    if len(slug) <= SLUG_LIMIT:
+        return slug
+    digest = hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{slug[:SLUG_LIMIT].rstrip('-')}-{digest}"
+
+
+def _short(text: str) -> str:
+    """A name as shown on a plot: cut to :data:`LABEL_LIMIT` characters with an ellipsis."""
+    return text if len(text) <= LABEL_LIMIT else text[:LABEL_LIMIT - 1] + "…"
 
 
 def unique_slugs(names: list[str]) -> dict[str, str]:
@@ -78,6 +97,7 @@ def _run_data(store: Store, run_id: int | None) -> tuple[int, list[ModelRecord],
     return run_id, store.models(run_id), store.matches(run_id)
 
 
+
 def accuracy_vs_budget(store: Store, run_id: int | None, out_dir: str | Path) -> list[Path]:
     """For each attack, adversarial accuracy (%) versus budget, one line per defense.
 
@@ -110,12 +130,12 @@ def _accuracy_figure(attack: str, rows: list[MatchRecord], models: list[ModelRec
             if not math.isinf(m.budget):
                 xs.append(m.budget)
                 ys.append(_pct(m))
-        ax.plot(xs, ys, marker="o", label=d + _unbounded_label(mine))
+        ax.plot(xs, ys, marker="o", label=_short(d) + _unbounded_label(mine))
     _budget_axis(ax, rows)
     ax.set_xlabel(f"budget ε ({first.norm})")
     ax.set_ylabel("adversarial accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(f"{attack} ({first.attack_id}, {first.knowledge})")
+    ax.set_title(f"{_short(attack)} ({_short(first.attack_id)}, {first.knowledge})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return fig
@@ -178,16 +198,20 @@ def heatmap(store: Store, run_id: int | None, out_dir: str | Path, budget: float
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
+    run = store.run(run_id)
     with _pyplot().rc_context(_STYLE):
         for norm, eps in _chosen_budgets(matches, budget).items():
-            fig = _heatmap_figure(norm, eps, models, [m for m in matches if m.norm == norm and m.budget == eps])
+            fig = _heatmap_figure(norm, eps, models, _heatmap_grid(run, models, matches, norm, eps))
             paths += _save(fig, out_dir, f"heatmap-{slugify(norm)}-{budget_label(eps, ascii=True)}")
     return paths
 
 
-def _heatmap_grid(models: list[ModelRecord],
-                  rows: list[MatchRecord]) -> tuple[list[str], list[list[float]], list[list[str]]]:
-    """Column labels, values (NaN where no result) and cell texts of a heatmap."""
+def _heatmap_grid(run: RunRecord, models: list[ModelRecord], matches: list[MatchRecord], norm: str,
+                  eps: float) -> tuple[list[str], list[list[float]], list[list[str]]]:
+    """Column labels, values (NaN where no result) and cell texts of the heatmap at (``norm``,
+    ``eps``); an incomplete worst case is annotated with a ``*``."""
+    coverage = Coverage(run, models, matches)
+    rows = [m for m in matches if m.norm == norm and m.budget == eps]
     attacks = list(dict.fromkeys(m.attack for m in rows))
     by_key = {(m.defense, m.attack): m for m in rows}
     values, texts = [], []
@@ -199,32 +223,36 @@ def _heatmap_grid(models: list[ModelRecord],
             line_v.append(v)
             line_t.append("–" if m is None else m.status if math.isnan(v) else f"{v:.1f}")
         worst = worst_case(model, [by_key[(model.defense, a)] for a in attacks if (model.defense, a) in by_key])
+        mark = MARKER if coverage.worst_gaps(model.defense, norm, eps) else ""
         line_v.append(math.nan if worst is None else 100 * worst)
-        line_t.append("–" if worst is None else f"{100 * worst:.1f}")
+        line_t.append(("–" if worst is None else f"{100 * worst:.1f}") + mark)
         values.append(line_v)
         texts.append(line_t)
     return attacks + ["worst case"], values, texts
 
 
-def _heatmap_figure(norm: str, eps: float, models: list[ModelRecord], rows: list[MatchRecord]) -> Any:
+def _heatmap_figure(norm: str, eps: float, models: list[ModelRecord],
+                    grid: tuple[list[str], list[list[float]], list[list[str]]]) -> Any:
     """One norm's annotated heatmap at budget ``eps``."""
     plt = _pyplot()
     import matplotlib
     import numpy as np
 
-    columns, values, texts = _heatmap_grid(models, rows)
+    columns, values, texts = grid
     data = np.ma.masked_invalid(np.array(values, dtype=float))
     fig, ax = plt.subplots(figsize=(1.3 * len(columns) + 2.5, 0.5 * len(models) + 1.8))
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     image = ax.imshow(data, cmap=cmap, vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(models)), [m.defense for m in models])
+    ax.set_xticks(range(len(columns)), [_short(c) for c in columns], rotation=30, ha="right")
+    ax.set_yticks(range(len(models)), [_short(m.defense) for m in models])
     ax.axvline(len(columns) - 1.5, color="white", linewidth=3)
     for i, line in enumerate(texts):
         for j, text in enumerate(line):
             v = values[i][j]
             color = "black" if math.isnan(v) or v >= 50 else "white"
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize="small")
-    ax.set_title(f"robust accuracy (%) at ε={budget_label(eps)} ({norm})")
+    incomplete = any(line[-1].endswith(MARKER) for line in texts)
+    ax.set_title(f"robust accuracy (%) at ε={budget_label(eps)} ({norm})"
+                 + (f"\n{MARKER} incomplete: an attack it covers did not finish ok" if incomplete else ""))
     fig.colorbar(image, ax=ax, label="%")
     return fig

@@ -12,16 +12,20 @@ Content-Security-Policy), so it can be opened from disk or copied to any static 
     results.json, results.csv   the leaderboard for machines
     .arena-site             marker: this directory may be rewritten by `arena publish`
 
-Every text from the database goes through ``html.escape``.
+Every text from the database goes through ``html.escape`` (numbers too: SQLite keeps any text a
+crafted file puts in a number's column), every link is built from slugs and URL-quoted, and file
+names are slugs bounded in length (:func:`arena.leaderboard.plots.slugify`). An incomplete worst
+case (see :mod:`arena.leaderboard.coverage`) is marked with ``*`` in its cell (class
+``incomplete``, its explanation as the cell's title and in a footnote under the table), its row
+is shown unranked (``–`` in the ``#`` column), and each match page says whether the worst case at
+its budget is complete. A folder that cannot be written is a :class:`~arena.errors.ConfigError`.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from html import escape
 from importlib import resources
 from pathlib import Path
@@ -29,7 +33,10 @@ from typing import Any
 
 from arena.errors import ConfigError
 from arena.leaderboard import plots, tables
+from arena.leaderboard.coverage import Mark
+from arena.leaderboard.formats import MARKER as INCOMPLETE
 from arena.leaderboard.labels import budget_label
+from arena.leaderboard.markup import facts, fmt, is_number, json_pre, link, when
 from arena.tournament.store import MatchRecord, ModelRecord, RunRecord, Store
 
 MARKER = ".arena-site"
@@ -52,41 +59,60 @@ class Site:
     toml_name: str
     by_column: dict = field(default_factory=dict)
     by_label: dict = field(default_factory=dict)
+    worst: dict = field(default_factory=dict)
+    built: set = field(default_factory=set)
 
     @property
     def provenance(self) -> dict[str, Any]:
         return self.run.provenance
 
     def __post_init__(self) -> None:
-        """Index the matches by (defense, column header) and (defense, attack, budget label)."""
+        """Index the matches by (defense, column header) and (defense, attack, budget label), and
+        the worst cases by (defense, norm, budget label): (value, mark or None)."""
+        self.built = {m.defense for m in self.models}
         for m in self.matches:
             label = budget_label(m.budget)
             self.by_column[(m.defense, f"{m.attack} ε={label}")] = m
             self.by_label[(m.defense, m.attack, label)] = m
+        for s in self.board.sections:
+            for i, row in enumerate(s.rows):
+                for j, header in enumerate(s.headers):
+                    if header.startswith("worst ε="):
+                        self.worst[(row[0], s.norm, header[len("worst ε="):])] = (row[j], s.marks.get((i, j)))
 
     def match_href(self, m: MatchRecord) -> str:
-        """The match page's path relative to the site root."""
+        """The match page's path relative to the site root (slugs: nothing to quote)."""
         return (f"matches/{self.defense_slugs[m.defense]}--{self.attack_slugs[m.attack]}"
                 f"--{budget_label(m.budget, ascii=True)}.html")
 
-    def defense_href(self, defense: str) -> str:
-        """The defense page's path relative to the site root."""
-        return f"defenses/{self.defense_slugs[defense]}.html"
+    def defense_href(self, defense: str) -> str | None:
+        """The defense page's path relative to the site root; None for a defense never built."""
+        return f"defenses/{self.defense_slugs[defense]}.html" if defense in self.built else None
 
 
 def publish(store: Store, run_id: int | None, out_dir: str | Path) -> Path:
     """Write the site of run ``run_id`` (the newest by default) into ``out_dir``; return index.html.
 
-    ``out_dir`` must be new, empty, or a site written before (which is then refreshed).
+    ``out_dir`` must be new, empty, or a site written before (which is then refreshed); a folder
+    that cannot be created or written is a :class:`ConfigError` naming it.
     """
     board = tables.build(store, run_id)
     run_id = run_id if run_id is not None else store.latest_run()
+    try:
+        return _publish(store, run_id, board, Path(out_dir))
+    except OSError as exc:
+        reason = exc.strerror or str(exc).splitlines()[0]
+        raise ConfigError(f"{out_dir}: cannot write the site there: {reason}") from None
+
+
+def _publish(store: Store, run_id: int, board: tables.Leaderboard, out_dir: Path) -> Path:
     run = store.run(run_id)
-    out = _prepare(Path(out_dir))
+    out = _prepare(out_dir)
     models, matches = store.models(run_id), store.matches(run_id)
     stem = Path(run.source).stem if run.source else run.name
+    defenses = [m.defense for m in models] + [m.defense for m in matches]
     site = Site(out, run, board, models, matches,
-                plots.unique_slugs([m.defense for m in models]), plots.unique_slugs([m.attack for m in matches]),
+                plots.unique_slugs(defenses), plots.unique_slugs([m.attack for m in matches]),
                 f"{plots.slugify(stem)}.toml")
     _copy_assets(out / "assets")
     figures = plots.accuracy_vs_budget(store, run_id, out / "plots") + plots.heatmap(store, run_id, out / "plots")
@@ -94,7 +120,8 @@ def publish(store: Store, run_id: int | None, out_dir: str | Path) -> Path:
     for m in site.matches:
         _write(out / site.match_href(m), _page(site, f"{m.attack} vs {m.defense}", _match_body(site, m), 1))
     for model in site.models:
-        _write(out / site.defense_href(model.defense), _page(site, model.defense, _defense_body(site, model), 1))
+        _write(out / str(site.defense_href(model.defense)),
+               _page(site, model.defense, _defense_body(site, model), 1))
     index = out / "index.html"
     _write(index, _page(site, board.title, _index_body(site, [p for p in figures if p.suffix == ".svg"]), 0))
     return index
@@ -151,37 +178,8 @@ def _page(site: Site, title: str, body: str, depth: int) -> str:
         + (f"<p class=\"crumbs\"><a href=\"{up}index.html\">← leaderboard</a></p>\n" if depth else "")
         + body
         + f"\n<footer>Published by <code>arena publish</code> (adversarial-arena {escape(str(version))})"
-          f" from run {site.run.id} of <em>{escape(site.run.name)}</em>.</footer>\n</body>\n</html>\n"
+          f" from run {escape(str(site.run.id))} of <em>{escape(site.run.name)}</em>.</footer>\n</body>\n</html>\n"
     )
-
-
-def _fmt(value: Any, kind: str = "") -> str:
-    """Numbers for reading: ``pct`` as a percentage, ``s`` as seconds; None as an en dash."""
-    if value is None:
-        return "–"
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    if kind == "pct":
-        return f"{100 * value:.1f}%"
-    if kind == "s":
-        return f"{value:.2f} s"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _when(t: float | None) -> str:
-    """A Unix time as UTC, to the second."""
-    return "–" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _facts(pairs: list[tuple[str, str]]) -> str:
-    """A definition list of (label, already-escaped HTML) pairs."""
-    items = "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>\n" for k, v in pairs)
-    return f"<dl class=\"facts\">\n{items}</dl>\n"
-
-
-def _json_pre(data: Any) -> str:
-    """Pretty, key-sorted, escaped JSON in a <pre>."""
-    return f"<pre>{escape(json.dumps(data, indent=2, sort_keys=True, default=str))}</pre>\n"
 
 
 # --- the index ---------------------------------------------------------------------------------
@@ -191,86 +189,103 @@ def _index_body(site: Site, figures: list[Path]) -> str:
     run, n_fail = site.run, sum(not m.ok for m in site.matches)
     norms = " ".join(f"<a href=\"#norm-{plots.slugify(s.norm)}\">{escape(s.norm)}</a>" for s in site.board.sections)
     head = (f"<h1>{escape(run.name)}</h1>\n<p class=\"muted\">{escape(site.board.title)}</p>\n"
-            f"<p>Run {run.id} ({escape(run.status)}), seed {run.seed}: {len(site.models)} defenses, "
+            f"<p>Run {escape(str(run.id))} ({escape(str(run.status))}), seed {escape(str(run.seed))}: "
+            f"{len(site.defense_slugs)} defenses, "
             f"{len(site.attack_slugs)} attacks, {len(site.matches)} matches ({n_fail} not ok). "
-            f"Started {_when(run.started)}, finished {_when(run.finished)}.</p>\n"
+            f"Started {when(run.started)}, finished {when(run.finished)}.</p>\n"
             f"<nav class=\"toc\">Leaderboards: {norms} · <a href=\"#plots\">plots</a> "
             "<a href=\"#notes\">notes</a> <a href=\"#reproduce\">reproduce</a> "
             "<a href=\"#provenance\">provenance</a></nav>\n")
     tables_html = "".join(_section_html(site, s) for s in site.board.sections)
     return (head + "<h2 id=\"leaderboard\">Leaderboard</h2>\n<p class=\"muted\">Accuracy in %; the "
             "per-example worst case over a norm's attacks ranks the defenses. Click a column header to "
-            "sort, a cell for its match.</p>\n" + tables_html + _plots_html(figures) + _notes_html(site)
-            + _reproduce_html(site) + "<h2 id=\"provenance\">Provenance</h2>\n" + _provenance_html(site))
+            f"sort, a cell for its match. A {INCOMPLETE} marks an incomplete number: an attack it should cover "
+            "did not finish ok, so it is taken over the others only (a worst case then is an upper bound) and "
+            "its row is listed unranked, after the ranked rows.</p>\n" + tables_html + _plots_html(figures)
+            + _notes_html(site) + _reproduce_html(site) + "<h2 id=\"provenance\">Provenance</h2>\n"
+            + _provenance_html(site))
 
 
 def _section_html(site: Site, section: tables.Section) -> str:
     """One sortable table: a norm's defenses (rank, clean, attack × budget, worst cases) or the
-    attacks' ranking (success against every defense). Cells link to their match pages."""
+    attacks' ranking (success against every defense). Cells link to their match pages; the
+    incomplete ones carry a marker, their explanation as a title and a footnote under the table."""
     defenses = bool(section.headers) and section.headers[0] == "defense"
     head = "".join(f"<th scope=\"col\"{cls} aria-sort=\"none\"><button type=\"button\">{escape(h)}</button></th>"
                    for h, cls in zip(["#", *section.headers], ["", " class=\"name\""] + [""] * len(section.headers)))
+    ranked = len(section.rows) if section.ranked is None else section.ranked
     body = []
-    for rank, row in enumerate(section.rows, 1):
-        first = site.defense_href(row[0]) if defenses and row[0] in site.defense_slugs else None
-        cells = [f"<td data-value=\"{rank}\">{rank}</td>", _cell(row[0], first, "name")]
-        for header, value in zip(section.headers[1:], row[1:]):
-            href = _cell_href(site, defenses, row, header)
+    for i, row in enumerate(section.rows):
+        first = site.defense_href(str(row[0])) if defenses else None
+        rank = (f"<td data-value=\"{i + 1}\">{i + 1}</td>" if i < ranked else
+                "<td class=\"unranked\" data-value=\"\" title=\"not ranked: incomplete\">–</td>")
+        cells = [rank, _cell(row[0], first, "name")]
+        for j, (header, value) in enumerate(zip(section.headers[1:], row[1:]), 1):
+            mark = section.marks.get((i, j))
+            href = _cell_href(site, defenses, row, header, mark)
             kind = "worst" if defenses and header.startswith("worst ") else "acc" if defenses else "rate"
-            cells.append(_cell(value, href, "status" if href and isinstance(value, str) else kind))
+            cells.append(_cell(value, href, "status" if href and isinstance(value, str) else kind, mark))
         body.append("<tr>" + "".join(cells) + "</tr>")
     sid = plots.slugify(section.norm)
     caption = (f"{section.norm}: accuracy in %, defenses ranked by mean worst case" if defenses else
                f"{section.norm}: attacks ranked by mean success against every defense")
+    notes = "".join(f"<li>{escape(f'{INCOMPLETE} {section.marks[k]}')}</li>\n" for k in sorted(section.marks))
+    notes = f"<ul class=\"footnotes\" id=\"incomplete-{sid}\">\n{notes}</ul>\n" if notes else ""
     return (f"<h3 id=\"norm-{sid}\">{escape(section.norm)}</h3>\n<div class=\"scroll\">\n"
             f"<table class=\"leaderboard sortable\" id=\"table-{sid}\">\n<caption>{escape(caption)}</caption>\n"
-            f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n</div>\n")
+            f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n</div>\n"
+            + notes)
 
 
-def _cell_href(site: Site, defenses: bool, row: list, header: str) -> str | None:
-    """The page a cell links to: its match, or for a clean accuracy its defense."""
+def _cell_href(site: Site, defenses: bool, row: list, header: str, mark: Mark | None) -> str | None:
+    """The page a cell links to: its match, for a clean accuracy its defense, for an incomplete
+    worst case or score the first match it lacks (where one was stored)."""
     if defenses:
         if header == "clean":
-            return site.defense_href(row[0]) if row[0] in site.defense_slugs else None
+            return site.defense_href(str(row[0]))
         match = site.by_column.get((row[0], header))
+        if match is None and mark is not None and header.startswith("worst ε="):
+            label = header[len("worst ε="):]
+            match = next((site.by_label[(row[0], g.name, label)] for g in mark.gaps
+                          if (row[0], g.name, label) in site.by_label), None)
     else:  # the attacks' table: row = [attack, threat model, ε label, score, vs <defense>..., ...]
         defense = header[3:] if header.startswith("vs ") else None
+        if defense is None and mark is not None:
+            defense = next((g.name[3:] for g in mark.gaps if (g.name[3:], row[0], str(row[2])) in site.by_label), None)
         match = site.by_label.get((defense, row[0], str(row[2]))) if len(row) > 2 else None
     return site.match_href(match) if match is not None else None
 
 
-def _cell(value: Any, href: str | None, kind: str) -> str:
+def _cell(value: Any, href: str | None, kind: str, mark: Mark | None = None) -> str:
     """A table cell. Floats are shares shown in % with a sortable data-value (accuracies also get a
-    colour class); numeric text sorts as a number; ``kind`` "status" marks a match that failed."""
+    colour class); numeric text sorts as a number; ``kind`` "status" marks a match that failed;
+    ``mark`` an incomplete number (a marker after it, the explanation as its title)."""
     classes = [kind] if kind in ("name", "worst", "status") else []
     text, data = ("–" if value is None else str(value)), ""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         text, data = f"{100 * value:.1f}", f"{value:.6g}"
         if kind in ("acc", "worst"):
-            classes.append(f"q{min(10, max(0, round(10 * value)))}")
-    elif isinstance(value, str) and _is_number(value):
+            classes.append(f"q{min(10, max(0, round(10 * value)))}" if math.isfinite(value) else "q0")
+    elif isinstance(value, str) and is_number(value):
         data = value
     elif kind == "rate" and value is not None:
         classes.append("text")
-    inner = f"<a href=\"{href}\">{escape(text)}</a>" if href else escape(text)
+    title = ""
+    if mark is not None:
+        text += INCOMPLETE
+        classes.insert(1 if classes[:1] == ["worst"] else 0, "incomplete")
+        title = f" title=\"{escape(str(mark))}\""
+    inner = f"<a href=\"{link(href)}\">{escape(text)}</a>" if href else escape(text)
     cls = f" class=\"{' '.join(classes)}\"" if classes else ""
-    return f"<td{cls} data-value=\"{escape(data)}\">{inner}</td>"
-
-
-def _is_number(text: str) -> bool:
-    """Whether ``text`` reads as a finite number ("12", "3.5"), so that it sorts as one."""
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
+    return f"<td{cls} data-value=\"{escape(data)}\"{title}>{inner}</td>"
 
 
 def _plots_html(figures: list[Path]) -> str:
     """The SVG figures, each with links to its PNG and SVG files."""
     items = "".join(
-        f"<figure><img src=\"plots/{escape(p.name)}\" alt=\"{escape(p.stem)}\" />"
-        f"<figcaption>{escape(p.stem)} · <a href=\"plots/{escape(p.with_suffix('.png').name)}\">PNG</a> · "
-        f"<a href=\"plots/{escape(p.name)}\">SVG</a></figcaption></figure>\n" for p in figures)
+        f"<figure><img src=\"{link('plots/' + p.name)}\" alt=\"{escape(p.stem)}\" />"
+        f"<figcaption>{escape(p.stem)} · <a href=\"{link('plots/' + p.with_suffix('.png').name)}\">PNG</a> · "
+        f"<a href=\"{link('plots/' + p.name)}\">SVG</a></figcaption></figure>\n" for p in figures)
     return ("<h2 id=\"plots\">Plots</h2>\n<p class=\"muted\">Adversarial accuracy versus budget per attack "
             "(budget 0 is clean accuracy; an unbounded row is given in the legend), and defense × attack "
             "heatmaps at each norm's median budget.</p>\n" + items)
@@ -292,10 +307,10 @@ def _reproduce_html(site: Site) -> str:
     if run.source_text is None:
         return (head + "<p>This run was started without a tournament file; its validated configuration "
                 "(configuration hash <code>" + escape(run.config_hash) + "</code>) was:</p>\n"
-                + _json_pre(run.config))
+                + json_pre(run.config))
     digest = hashlib.sha256(run.source_text.encode()).hexdigest()
     commands = f"arena run {name}\narena publish {db} site/"
-    return (head + f"<p>Download <a href=\"{escape(name)}\" download=\"{escape(name)}\">{escape(name)}</a> "
+    return (head + f"<p>Download <a href=\"{link(name)}\" download=\"{escape(name)}\">{escape(name)}</a> "
             f"(recorded from <code>{escape(str(run.source))}</code>; sha256 <code>{digest}</code>; "
             f"configuration hash <code>{escape(run.config_hash)}</code>) and run, with the package "
             "versions listed under provenance:</p>\n"
@@ -311,10 +326,10 @@ def _provenance_html(site: Site) -> str:
     pairs = [("run", escape(f"{run.id} ({run.status})")), ("seed", escape(str(run.seed))),
              ("configuration hash", f"<code>{escape(run.config_hash)}</code>"),
              ("tournament file", escape(str(run.source or "–"))),
-             ("started", _when(run.started)), ("finished", _when(run.finished))]
+             ("started", when(run.started)), ("finished", when(run.finished))]
     pairs += [(k, escape(str(v))) for k, v in sorted(prov.items())]
     pairs += [(f"package {k}", f"<code>{escape(str(v))}</code>") for k, v in sorted(packages.items())]
-    return _facts(pairs)
+    return facts(pairs)
 
 
 # --- detail pages ------------------------------------------------------------------------------
@@ -323,23 +338,37 @@ def _match_body(site: Site, m: MatchRecord) -> str:
     """A match's status, metrics, error, attack configuration and provenance."""
     mask = m.robust_mask or ()
     budget = budget_label(m.budget)
-    pairs = [("defense", f"<a href=\"../{site.defense_href(m.defense)}\">{escape(m.defense)}</a>"),
+    page = site.defense_href(m.defense)
+    defense = f"<a href=\"../{link(page)}\">{escape(m.defense)}</a>" if page else escape(m.defense)
+    pairs = [("defense", defense),
              ("attack", escape(m.attack)), ("attack plugin", f"<code>{escape(m.attack_id)}</code>"),
              ("norm", escape(m.norm)), ("threat model", escape(m.threat_model)),
              ("budget ε", escape(budget)),
              ("status", f"<strong>{escape(m.status)}</strong>"),
-             ("robust accuracy", _fmt(m.robust_accuracy, "pct")),
+             ("robust accuracy", fmt(m.robust_accuracy, "pct")),
+             ("worst case at this ε", _worst_html(site, m)),
              ("robust samples", f"{sum(mask)} of {len(mask)}" if mask else "–"),
-             ("attack success rate", _fmt(m.success_rate, "pct")),
-             ("mean distance", escape(_fmt(m.mean_distance))), ("mean queries", escape(_fmt(m.mean_queries))),
-             ("wall time", _fmt(m.wall_seconds, "s")), ("started", _when(m.started)),
-             ("finished", _when(m.finished))]
-    error = f"<h2>Error</h2>\n<pre class=\"error\">{escape(m.error)}</pre>\n" if m.error else ""
-    return (f"<h1>{escape(m.attack)} vs {escape(m.defense)} at ε={escape(budget)}</h1>\n" + _facts(pairs)
-            + error + "<h2>Attack configuration</h2>\n" + _json_pre(m.attack_config)
-            + "<h2>Match provenance</h2>\n" + _json_pre(m.provenance)
+             ("attack success rate", fmt(m.success_rate, "pct")),
+             ("mean distance", fmt(m.mean_distance)), ("mean queries", fmt(m.mean_queries)),
+             ("wall time", fmt(m.wall_seconds, "s")), ("started", when(m.started)),
+             ("finished", when(m.finished))]
+    error = f"<h2>Error</h2>\n<pre class=\"error\">{escape(str(m.error))}</pre>\n" if m.error else ""
+    return (f"<h1>{escape(m.attack)} vs {escape(m.defense)} at ε={escape(budget)}</h1>\n" + facts(pairs)
+            + error + "<h2>Attack configuration</h2>\n" + json_pre(m.attack_config)
+            + "<h2>Match provenance</h2>\n" + json_pre(m.provenance)
             + "<h2>Run provenance</h2>\n" + _provenance_html(site)
             + "<p>To reproduce, see <a href=\"../index.html#reproduce\">the tournament file and command</a>.</p>\n")
+
+
+def _worst_html(site: Site, m: MatchRecord) -> str:
+    """The worst case of the match's defense at its norm and budget, and whether it is complete."""
+    value, mark = site.worst.get((m.defense, m.norm, budget_label(m.budget)), (None, None))
+    shown = fmt(value, "pct")
+    if mark is None:
+        return shown + (" (complete: every attack it covers finished ok)" if value is not None else "")
+    return (f"<strong class=\"incomplete\">{shown}{INCOMPLETE}</strong> {escape(str(mark))}; the number is taken over "
+            "the attacks that finished ok only, an upper bound of the true worst case, and the defense is not "
+            "ranked on it")
 
 
 def _defense_body(site: Site, model: ModelRecord) -> str:
@@ -347,20 +376,20 @@ def _defense_body(site: Site, model: ModelRecord) -> str:
     d = model.defense
     pairs = [("plugin", f"<code>{escape(model.defense_id)}</code>"), ("kind", escape(model.defense_kind)),
              ("backend", escape(tables.backend(model))),
-             ("clean accuracy", _fmt(model.clean_accuracy, "pct")),
-             ("detector false-positive rate", _fmt(model.false_positive_rate, "pct")),
-             ("training time", _fmt(model.train_seconds, "s")),
+             ("clean accuracy", fmt(model.clean_accuracy, "pct")),
+             ("detector false-positive rate", fmt(model.false_positive_rate, "pct")),
+             ("training time", fmt(model.train_seconds, "s")),
              ("model cache key", f"<code>{escape(str(model.cache_key or '–'))}</code>")]
     rows = "".join(
-        f"<tr><td class=\"name\"><a href=\"../{site.match_href(m)}\">{escape(m.attack)}</a></td>"
+        f"<tr><td class=\"name\"><a href=\"../{link(site.match_href(m))}\">{escape(m.attack)}</a></td>"
         f"<td>{escape(m.norm)}</td><td>{escape(budget_label(m.budget))}</td>"
-        f"<td>{escape(m.status)}</td><td>{_fmt(m.robust_accuracy, 'pct')}</td>"
-        f"<td>{escape(_fmt(m.mean_queries))}</td><td>{_fmt(m.wall_seconds, 's')}</td></tr>\n"
+        f"<td>{escape(m.status)}</td><td>{fmt(m.robust_accuracy, 'pct')}</td>"
+        f"<td>{fmt(m.mean_queries)}</td><td>{fmt(m.wall_seconds, 's')}</td></tr>\n"
         for m in site.matches if m.defense == d)
     head = "".join(f"<th scope=\"col\">{h}</th>" for h in
                    ("attack", "norm", "ε", "status", "robust accuracy", "mean queries", "wall time"))
-    return (f"<h1>{escape(d)}</h1>\n" + _facts(pairs) + "<h2>Configuration</h2>\n"
-            + _json_pre(model.config) + "<h2>Model provenance</h2>\n"
-            + _json_pre(model.provenance) + "<h2>Model probes (sanity checks)</h2>\n"
-            + _json_pre(model.checks) + "<h2>Matches</h2>\n<div class=\"scroll\">\n"
+    return (f"<h1>{escape(d)}</h1>\n" + facts(pairs) + "<h2>Configuration</h2>\n"
+            + json_pre(model.config) + "<h2>Model provenance</h2>\n"
+            + json_pre(model.provenance) + "<h2>Model probes (sanity checks)</h2>\n"
+            + json_pre(model.checks) + "<h2>Matches</h2>\n<div class=\"scroll\">\n"
             f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n</div>\n")
