@@ -5,9 +5,10 @@ exception, ``sys.exit``, ``os._exit``, a segfault, running out of memory or igno
 limit fails that task only. The driver kills a worker that runs past the task's hard time
 limit, reports a worker that died, and starts a fresh one for the next task.
 
-Workers are forked from a multiprocessing *forkserver* that has imported torch and the
-installed plugins once, so a new worker starts in tens of milliseconds with no CUDA or OpenMP
-state of the driver's. Large arguments (the data, trained entrants) travel once per worker:
+On Linux a worker is forked from the driver (tens of milliseconds, everything the driver
+imported already there: the plugins, a user's own classes). Where forking is unsafe (another
+system, or CUDA already initialised in the driver) workers come from a multiprocessing
+*forkserver* that imports torch and the installed plugins once. Large arguments (the data, trained entrants) travel once per worker:
 the driver wraps them in :class:`Shared` handles, each worker keeps what it was sent, and a
 task's result can be kept in the worker under a handle the driver names (an entrant built
 there is attacked there without being sent back). Tensors cross the pipe through torch's
@@ -15,10 +16,13 @@ shared-memory reductions.
 """
 from __future__ import annotations
 
+import faulthandler
 import itertools
 import multiprocessing as mp
 import os
 import signal
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -78,6 +82,10 @@ def _resolve(arg: Any, held: dict[int, Any]) -> Any:
 
 
 def _context() -> Any:
+    import torch
+
+    if sys.platform == "linux" and not torch.cuda.is_initialized():
+        return mp.get_context("fork")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([PRELOAD])
     return ctx
@@ -120,14 +128,16 @@ class WorkerPool:
         self.max_rss = max_rss
         self.worker: Worker | None = None
         self.started = 0
+        self._lock = threading.Lock()
 
     def _worker(self) -> Worker:
-        if self.worker is None or not self.worker.alive():
-            if self.worker is not None:
-                self.worker.kill()
-            self.worker = Worker(self.ctx)
-            self.started += 1
-        return self.worker
+        with self._lock:
+            if self.worker is None or not self.worker.alive():
+                if self.worker is not None:
+                    self.worker.kill()
+                self.worker = Worker(self.ctx)
+                self.started += 1
+            return self.worker
 
     def run(self, fn: Callable[..., Any], args: tuple, *, timeout: float | None = None,
             keep: tuple[int, Callable[[Any], Any]] | None = None) -> Any:
@@ -177,6 +187,10 @@ class WorkerPool:
         return worker.process.exitcode
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.worker is not None:
             try:
                 self.worker.conn.send(None)
@@ -200,7 +214,9 @@ def _describe_exit(code: int | None) -> str:
 
 def _serve(conn: Any) -> None:
     """The worker's loop: run each task sent, answer ("ok", result) or ("error", exception)."""
+    faulthandler.disable()  # a crashing plugin is reported by the driver, not dumped by a handler it inherited
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles ^C and ends its workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the driver's handler, if it forked us
     held: dict[int, Any] = {}
     while True:
         try:

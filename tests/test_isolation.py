@@ -1,0 +1,170 @@
+"""Faults stay in their match: with the local executor every match runs in a worker process that
+the driver can kill, so an attack that exits, crashes, hangs past its time limit or keeps memory
+fails its own match and the tournament goes on with a fresh worker."""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+import types
+from typing import ClassVar
+
+import pytest
+import torch
+
+import arena
+from arena.attack import FixedBudgetAttack
+from arena.tournament.executors import InlineExecutor, LocalExecutor
+from arena.tournament.plan import parse_tournament
+from arena.tournament.runner import Runner
+from arena.tournament.store import Store
+from arena.tournament.workers import WorkerFailed, WorkerPool
+
+HOARD: list[torch.Tensor] = []
+
+
+class Exits(FixedBudgetAttack):
+    """Test attack that ends its process with ``os._exit``."""
+
+    id: ClassVar[str] = "exits"
+
+    def run(self, model, x, y, eps, targets):
+        os._exit(3)
+
+
+class Quits(FixedBudgetAttack):
+    """Test attack that calls ``sys.exit(0)``."""
+
+    id: ClassVar[str] = "quits"
+
+    def run(self, model, x, y, eps, targets):
+        sys.exit(0)
+
+
+class Swallows(FixedBudgetAttack):
+    """Test attack whose ``except Exception`` swallows the time limit's alarm."""
+
+    id: ClassVar[str] = "swallows"
+
+    def run(self, model, x, y, eps, targets):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.02)
+            except Exception:
+                pass
+        return x
+
+
+class Segfaults(FixedBudgetAttack):
+    """Test attack that crashes the interpreter."""
+
+    id: ClassVar[str] = "segfaults"
+
+    def run(self, model, x, y, eps, targets):
+        ctypes.string_at(0)
+
+
+class Hoards(FixedBudgetAttack):
+    """Test attack that keeps 256 MB alive after it returns."""
+
+    id: ClassVar[str] = "hoards"
+
+    def run(self, model, x, y, eps, targets):
+        HOARD.append(torch.ones(64 << 20))
+        return x
+
+
+def _register(register):
+    for cls in (Exits, Quits, Swallows, Segfaults, Hoards):
+        register(cls)
+
+
+hostile = types.ModuleType("hostile")
+hostile.arena_register_attacks = arena.hookimpl(_register)
+
+CONFIG = {"name": "isolation", "dataset": "digits", "architecture": "digits-cnn", "samples": 40,
+          "training": {"epochs": 2}, "match_timeout": 1.0, "defenses": [{"id": "standard"}],
+          "attacks": [{"id": "fgsm", "name": "before", "budgets": [0.1]},
+                      *({"id": i, "budgets": [0.1]} for i in ("exits", "quits", "swallows", "segfaults", "hoards")),
+                      {"id": "fgsm", "name": "after", "budgets": [0.1]}]}
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("iso")
+    reg = arena.load_plugins(extra=[("hostile", hostile)])
+    executor = LocalExecutor()
+    store = Store(tmp / "r.db")
+    started = time.perf_counter()
+    try:
+        run_id = Runner(parse_tournament(CONFIG, reg), store, cache_dir=tmp / "c", progress=False,
+                        executor=executor).run()
+        workers = executor.pool.started
+    finally:
+        executor.close()
+    rows = {r.attack: r for r in store.matches(run_id)}
+    return rows, store.run(run_id), workers, time.perf_counter() - started
+
+
+def test_each_fault_fails_its_own_match(outcome):
+    rows, run, _, _ = outcome
+    assert run.status == "finished"
+    assert rows["exits"].status == "failed" and "exit status 3" in rows["exits"].error
+    assert rows["quits"].status == "failed" and "SystemExit" in rows["quits"].error
+    assert rows["segfaults"].status == "failed" and "SIGSEGV" in rows["segfaults"].error
+    assert rows["swallows"].status == "timed-out" and "hard time limit" in rows["swallows"].error
+    assert rows["hoards"].status == "ok"
+
+
+def test_the_tournament_goes_on_with_fresh_workers(outcome):
+    rows, _, workers, seconds = outcome
+    assert rows["before"].status == rows["after"].status == "ok"
+    assert rows["before"].robust_mask == rows["after"].robust_mask  # the model was not touched
+    assert workers == 4  # the first, and one after each of exits, segfaults, swallows
+    assert seconds < 60  # the swallowing attack was killed, not waited for (it runs 60 s)
+
+
+def test_memory_a_plugin_keeps_is_given_back_with_its_worker():
+    pool = WorkerPool(max_rss=None)
+    try:
+        pool.run(time.sleep, (0,))
+        baseline = pool.worker.rss_bytes()
+        pool.max_rss = baseline + (128 << 20)
+        pool.run(time.sleep, (0,))
+        assert pool.started == 1  # an honest task keeps its worker
+        pool.run(Hoards().run, (None, torch.zeros(1), None, None, None))
+        assert pool.worker is None  # the hoarding worker was ended with its 256 MB
+        pool.run(time.sleep, (0,))
+        assert pool.started == 2
+    finally:
+        pool.close()
+
+
+def test_a_hard_time_limit_kills_the_worker():
+    pool = WorkerPool()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(WorkerFailed, match="hard time limit of 0.5 s") as info:
+            pool.run(time.sleep, (30,), timeout=0.5)
+        assert info.value.timed_out and time.perf_counter() - started < 10
+        assert pool.run(sum, ([1, 2],)) == 3  # a fresh worker takes the next task
+    finally:
+        pool.close()
+
+
+def test_inline_and_local_executors_agree(tmp_path):
+    reg = arena.load_plugins()
+    config = {**CONFIG, "match_timeout": None, "attacks": [{"id": "fgsm", "budgets": [0.1, 0.2]},
+                                                           {"id": "pgd", "params": {"steps": 5}, "budgets": [0.1]}]}
+    results = []
+    for i, executor in enumerate((InlineExecutor(), LocalExecutor())):
+        store = Store(tmp_path / f"r{i}.db")
+        try:
+            run_id = Runner(parse_tournament(config, reg), store, cache_dir=tmp_path / f"c{i}", progress=False,
+                            executor=executor).run()
+        finally:
+            executor.close()
+        results.append(sorted((r.attack, r.budget, r.robust_mask) for r in store.matches(run_id)))
+    assert results[0] == results[1]
