@@ -393,8 +393,6 @@ def _unwritable() -> str:
     return "/sys/h4_arena_site" if Path("/sys").is_dir() else "/proc/h4_arena_site"
 
 
-WAITING_RUNS = pytest.mark.xfail(strict=True, reason="waiting for leaderboard.tables.build to list the runs "
-                                 "and budgets there are")
 
 FLAGS = [
     pytest.param(["run", "{tournament}", "--bogus"], ["No such option '--bogus'", "run --help"],
@@ -420,9 +418,9 @@ FLAGS = [
     pytest.param(["leaderboard", "{db}", "--run", "abc"], ["'--run'", "'abc' is not a valid integer"],
                  id="leaderboard-run-not-a-number"),
     pytest.param(["leaderboard", "{db}", "--run", "999"], ["r.db", "no run 999", "runs: 1"],
-                 id="leaderboard-run-999", marks=WAITING_RUNS),
+                 id="leaderboard-run-999"),
     pytest.param(["leaderboard", "{db}", "--budget", "0.77"], ["r.db", "0.77", "budgets: 0.05, 0.1"],
-                 id="leaderboard-budget-absent", marks=WAITING_RUNS),
+                 id="leaderboard-budget-absent"),
     pytest.param(["leaderboard", "{db}", "--budget", "abc"], ["'--budget'", "'abc' is not a valid float"],
                  id="leaderboard-budget-not-a-number"),
     pytest.param(["leaderboard", "{db}", "--threat-model", "grey-box"], ["'grey-box' is not one of"],

@@ -40,3 +40,48 @@ def test_ray_and_local_executors_agree(tmp_path):
     assert _results(local, local_id) == _results(remote, remote_id)
     assert len(_results(remote, remote_id)) == 2 * 3
     assert remote.run(remote_id).provenance["executor"] == "ray"
+
+
+def _weights(prepared):
+    entrant = prepared.entrant
+    return entrant.cache_key, {k: v.detach().cpu().clone() for k, v in entrant.model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_ray_and_local_training_agree_on_a_cache_key():
+    """The same cache key means the same weights, bit for bit, whichever executor trained them:
+    a Ray worker trains with one intra-op thread (Ray sets OMP_NUM_THREADS to the task's CPUs),
+    the driver with however many it has, and the thread count changes the float sums."""
+    import dataclasses
+
+    import torch
+
+    from arena.tournament.entrants import EntrantSpec, prepare, providers
+
+    reg = arena.load_plugins()
+    plan = parse_tournament({**CONFIG, "defenses": [{"id": "standard"}]}, reg)
+    data = plan.dataset.build().load(plan.seed)
+    evaluation = data.test.take(plan.config.samples, plan.seed)
+    d = plan.defenses[0]
+    extra = {}
+    if "code" in {f.name for f in dataclasses.fields(EntrantSpec)}:
+        extra["code"] = providers(reg, defenses=d.id, architectures=d.architecture.id, datasets=plan.dataset.id)
+    spec = EntrantSpec(defense=d, dataset=plan.dataset, seed=plan.seed, batch_size=plan.config.batch_size,
+                       cache_root=None, **extra)
+    pool = RayExecutor(num_cpus=1)
+    try:
+        ((_, remote),) = list(pool.map(prepare, [("standard", (spec, data, evaluation))]))
+    finally:
+        pool.close()
+    assert not isinstance(remote, BaseException), remote
+    remote_key, remote_weights = _weights(remote)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):  # the driver's thread count as the user's machine has it
+            torch.set_num_threads(n)
+            key, weights = _weights(prepare(spec, data, evaluation))
+            same = weights.keys() == remote_weights.keys() and all(
+                torch.equal(weights[k], remote_weights[k]) for k in weights)
+            assert key != remote_key or same, f"{n} threads: same key {key}, different weights"
+    finally:
+        torch.set_num_threads(threads)

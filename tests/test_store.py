@@ -1,14 +1,22 @@
 """The results database: typed records out, the threat model as a column, a versioned schema
-migrated step by step from older files."""
+migrated step by step from older files; readers that never disturb a run (WAL, read-only opens),
+writes that wait out a lock, one process per run (leases), and damaged files as one-line errors."""
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
 
 import arena
+from arena.tournament import leases as leases_module
 from arena.tournament import store as store_module
 from arena.tournament.store import (SCHEMA_VERSION, MatchRecord, MatchRow, ModelRecord, RunRecord, Store,
                                     decode_mask, encode_mask)
@@ -231,3 +239,269 @@ def test_masks_are_text_on_disk(tmp_path):
     assert decode_mask("1001") == [True, False, False, True]
     with pytest.raises(TypeError, match="booleans"):
         decode_mask((True, False))
+
+
+# ---------------------------------------------------------------- concurrent readers and writers
+
+def _match(attack="pgd", budget=0.1):
+    return MatchRow(defense="standard", attack=attack, budget=budget, attack_id="pgd", attack_config={},
+                    norm="linf", knowledge="white-box", status="ok", robust_accuracy=0.5, robust_mask="1001")
+
+
+def _started(path, source="t.toml", config_hash="h"):
+    store = Store(path)
+    return store, store.start_run("r", config_hash, {}, source, "", 1, 1.0, {})
+
+
+def test_a_reader_holding_a_transaction_does_not_block_a_run(tmp_path):
+    """`arena leaderboard` (or any reader) in the middle of a read while a match is saved: the
+    match is stored at once (WAL), the reader keeps its snapshot."""
+    store, run = _started(tmp_path / "r.db")
+    store.save_match(run, _match("first"))
+    reader = sqlite3.connect(str(tmp_path / "r.db"))
+    reader.execute("BEGIN")
+    assert len(reader.execute("SELECT * FROM matches").fetchall()) == 1
+    started = time.monotonic()
+    store.save_match(run, _match("second"))
+    assert time.monotonic() - started < 2
+    assert {m.attack for m in store.matches(run)} == {"first", "second"}
+    assert len(reader.execute("SELECT * FROM matches").fetchall()) == 1  # its snapshot
+    reader.commit()
+    assert len(reader.execute("SELECT * FROM matches").fetchall()) == 2
+    reader.close()
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_readonly_store_reads_beside_a_running_store(tmp_path):
+    store, run = _started(tmp_path / "r.db")
+    board = Store(tmp_path / "r.db", readonly=True)
+    store.save_match(run, _match("first"))
+    assert [m.attack for m in board.matches(run)] == ["first"]
+    store.save_match(run, _match("second"))
+    board.close()
+    assert len(store.matches(run)) == 2
+
+
+def _lock_for(path, seconds, ready):
+    conn = sqlite3.connect(str(path))
+    conn.execute("BEGIN EXCLUSIVE")
+    ready.set()
+    time.sleep(seconds)
+    conn.commit()
+    conn.close()
+
+
+def test_a_write_locked_out_for_a_while_is_retried(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(store_module, "RETRY_DELAY_S", 0.05)
+    store, run = _started(tmp_path / "r.db")
+    ready = threading.Event()
+    holder = threading.Thread(target=_lock_for, args=(tmp_path / "r.db", 0.6, ready))
+    holder.start()
+    ready.wait()
+    store.save_match(run, _match())  # waits out the lock instead of losing the match
+    holder.join()
+    assert [m.attack for m in store.matches(run)] == ["pgd"]
+
+
+def test_a_write_locked_out_for_good_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.02)
+    monkeypatch.setattr(store_module, "RETRY_DELAY_S", 0.01)
+    store, run = _started(tmp_path / "r.db")
+    ready = threading.Event()
+    holder = threading.Thread(target=_lock_for, args=(tmp_path / "r.db", 1.0, ready))
+    holder.start()
+    ready.wait()
+    with pytest.raises(arena.ConfigError) as err:
+        store.save_match(run, _match())
+    holder.join()
+    message = str(err.value)
+    assert str(tmp_path / "r.db") in message and "locked" in message and "\n" not in message
+    store.save_match(run, _match())  # the store is still usable once the lock is gone
+    assert len(store.matches(run)) == 1
+
+
+# ---------------------------------------------------------------- read-only opens
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_readonly_open_creates_nothing(tmp_path):
+    path = tmp_path / "typo.db"
+    with pytest.raises(arena.ConfigError, match="no such results database") as err:
+        Store(path, readonly=True)
+    assert str(path) in str(err.value) and not path.exists()
+
+
+def test_a_readonly_open_of_an_old_database_migrates_in_memory_only(tmp_path):
+    path = tmp_path / "old.db"
+    _old_database(path, OLD_SCHEMA)
+    before = _digest(path)
+    store = Store(path, readonly=True)
+    assert {m.attack: m.threat_model for m in store.matches(1)} == {"pgd": "white-box",
+                                                                    "transfer-pgd": "transfer"}
+    with pytest.raises(arena.ConfigError, match="read-only"):
+        store.save_match(1, _match())
+    store.close()
+    assert _digest(path) == before and _user_version(path) == 0
+
+
+def test_a_readonly_open_of_a_newer_database_is_refused(tmp_path):
+    path = tmp_path / "future.db"
+    Store(path).close()
+    conn = sqlite3.connect(str(path))
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(arena.ConfigError, match="newer arena"):
+        Store(path, readonly=True)
+
+
+# ---------------------------------------------------------------- damaged files
+
+def _damaged(path, how):
+    """A results file damaged in one of the ways a disk, a copy or a user damages one."""
+    good = path.with_name("good.db")
+    store, run = _started(good)
+    store.conn.execute("PRAGMA synchronous = OFF")  # a quick fixture
+    for i in range(200):
+        store.save_match(run, _match(f"a{i}"))
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = good.read_bytes()
+    page = 4096
+    if how == "text":
+        path.write_text("these are not results " * 100)
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "header-only":
+        path.write_bytes(data[:100])
+    elif how == "garbage-pages":
+        path.write_bytes(data[:page] + bytes((i * 37 + 11) % 256 for i in range(len(data) - page)))
+    elif how == "zeroed-pages":
+        path.write_bytes(data[: 2 * page] + bytes(len(data) - 2 * page))
+    elif how == "another-program":
+        conn = sqlite3.connect(str(path))
+        conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.commit()
+        conn.close()
+    elif how == "directory":
+        path.mkdir()
+    return path
+
+
+DAMAGE = ["text", "truncated", "header-only", "garbage-pages", "zeroed-pages", "another-program", "directory"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("mode", ["write", "readonly", "resume"])
+def test_a_damaged_database_is_a_one_line_error_naming_it(tmp_path, how, mode):
+    path = _damaged(tmp_path / "r.db", how)
+    before = None if path.is_dir() else _digest(path)
+    with pytest.raises(arena.ConfigError) as err:
+        store = (Store(path) if mode == "write" else Store(path, readonly=True) if mode == "readonly"
+                 else Store.open_existing(path))
+        store.latest_run(), store.run(1), store.matches(1), store.models(1)
+    message = str(err.value)
+    assert message.startswith(str(path)) and "\n" not in message
+    if before is not None:
+        assert _digest(path) == before  # nothing written into someone else's (or a broken) file
+
+
+@pytest.mark.parametrize("how", ["garbage-pages", "another-program", "text"])
+def test_arena_leaderboard_on_a_damaged_database_exits_2_in_one_line(tmp_path, how):
+    from click.testing import CliRunner
+
+    from arena.cli import cli
+
+    path = _damaged(tmp_path / "r.db", how)
+    result = CliRunner().invoke(cli, ["leaderboard", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0]
+
+
+@pytest.mark.parametrize("what", ["missing", "empty-file", "no-runs"])
+def test_resume_needs_a_results_database(tmp_path, what):
+    path = tmp_path / "r.db"
+    if what == "empty-file":
+        path.write_bytes(b"")
+    elif what == "no-runs":
+        Store(path).close()
+    with pytest.raises(arena.ConfigError) as err:
+        Store.open_existing(path)
+    assert str(err.value) == f"{path}: no results database to resume"
+    assert path.exists() == (what != "missing")
+
+
+# ---------------------------------------------------------------- one process per run
+
+HOLDER = """
+import sys
+from arena.tournament.store import Store
+store = Store(sys.argv[1])
+run = store.resumable_run("h")
+print(run, flush=True)
+sys.stdin.read()
+"""
+
+
+def _resumer(path):
+    """Another process, resuming run 1 of ``path``; it holds the run until its stdin closes."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "1"
+    return proc
+
+
+def test_a_run_being_resumed_elsewhere_is_refused_until_its_process_is_gone(tmp_path):
+    path = tmp_path / "r.db"
+    store, _ = _started(path)
+    store.close()  # the first process was interrupted
+    other = _resumer(path)
+    try:
+        with pytest.raises(arena.ConfigError) as err:
+            Store(path).resumable_run("h")
+        message = str(err.value)
+        assert f"run 1 of t.toml is being run by process {other.pid}" in message and "\n" not in message
+        assert "wait for it" in message and message.startswith(str(path))
+        assert Store(path).holder(1).pid == other.pid
+    finally:
+        other.kill()  # killed: it releases nothing
+        other.wait(timeout=30)
+    store = Store(path)
+    assert store.resumable_run("h") == 1  # its process is gone: the run is taken over
+    assert store.holder(1).pid == os.getpid()
+
+
+def test_a_run_claimed_on_another_host_is_refused_until_its_heartbeat_is_old(tmp_path):
+    path = tmp_path / "r.db"
+    store, run = _started(path)
+    store.release_run(run)
+    assert store.holder(run) is None
+    conn = sqlite3.connect(str(path))
+    conn.execute("INSERT INTO leases (run_id, pid, host, process, since, heartbeat) VALUES (?, 4242, 'far-away', "
+                 "'', ?, ?)", (run, time.time() - 60, time.time() - 60))
+    conn.commit()
+    with pytest.raises(arena.ConfigError, match="process 4242 on far-away"):
+        Store(path).resumable_run("h")
+    conn.execute("UPDATE leases SET heartbeat = ?", (time.time() - leases_module.LEASE_STALE_S - 1,))
+    conn.commit()
+    conn.close()
+    assert Store(path).resumable_run("h") == run
+
+
+def test_finishing_or_releasing_a_run_frees_it(tmp_path):
+    store, run = _started(tmp_path / "r.db")
+    assert store.holder(run).pid == os.getpid()
+    store.claim_run(run)  # claiming what this process holds again is fine
+    before = store.holder(run).heartbeat
+    time.sleep(0.01)
+    store.save_match(run, _match())
+    assert store.holder(run).heartbeat > before  # every save is a heartbeat
+    store.finish_run(run, 2.0)
+    assert store.holder(run) is None
+    assert store.resumable_run("h") is None
+    with pytest.raises(arena.ConfigError, match="there is no run 99"):
+        store.claim_run(99)

@@ -4,33 +4,51 @@ and the per-example worst case over all attacks at each (norm, budget), the rank
 A sample counts as robust in the worst case at (norm, ε) only if it survived every attack of
 that norm evaluated at ε (one run of a minimal attack is evaluated at every budget it lists).
 Budgets of different norms are not comparable, so each norm gets its own table.
+
+A worst case that lacks an attack it should cover (one that failed, timed out, crashed or never
+ran; see :mod:`arena.leaderboard.coverage`) is *incomplete*: its cell is marked
+(``Section.marks``), explained in a footnote, and its row is listed after the complete rows,
+unranked (``Section.ranked`` counts the ranked rows): an incomplete worst case is an upper bound,
+and ranking it would reward a defense for an attack failing against it. The attacks' table keeps
+a failed attack's row, with the status in its cells and a score over the defenses it finished
+against (none, rather than 0 %, where it finished against none).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
 
-from tabulate import tabulate
-
 from arena.errors import ConfigError
+from arena.leaderboard import formats
+from arena.leaderboard.coverage import Coverage, Gap, Mark
 from arena.leaderboard.flags import flags
 from arena.leaderboard.labels import budget_label
 from arena.tournament.store import MatchRecord, ModelRecord, Store
 
-TEXT_FORMATS = {"table": "simple", "markdown": "github", "latex": "latex_booktabs", "html": "html"}
+TEXT_FORMATS = formats.TEXT_FORMATS
 FORMATS = (*TEXT_FORMATS, "csv", "json")
+NOT_BUILT = "failed"  # the clean cell of a defense whose model could not be built
 
 
 @dataclass
 class Section:
-    """One norm's table: a row per defense, ranked by mean worst-case accuracy."""
+    """One norm's table: a row per defense, ranked by mean worst-case accuracy; ``marks`` are the
+    incomplete cells by (row, column) index; the first ``ranked`` rows are ranked (all if None)."""
 
     norm: str
     headers: list[str]
     rows: list[list[object]]
+    marks: dict[tuple[int, int], Mark] = field(default_factory=dict)
+    ranked: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        key = "attack" if self.headers[:1] == ["defense"] else "defense"
+        return {"norm": self.norm, "headers": self.headers, "rows": self.rows,
+                "ranked": len(self.rows) if self.ranked is None else self.ranked,
+                "incomplete": [{"row": i, "name": self.rows[i][0], "column": self.headers[j],
+                                "missing": [_gap_dict(g, key) for g in self.marks[(i, j)].gaps]}
+                               for i, j in sorted(self.marks)]}
 
 
 @dataclass
@@ -39,35 +57,47 @@ class Leaderboard:
     sections: list[Section]
     notes: list[str] = field(default_factory=list)
     long_rows: list[dict[str, object]] = field(default_factory=list)
+    worst_cases: list[dict[str, object]] = field(default_factory=list)
 
     def render(self, fmt: str = "table") -> str:
         if fmt == "json":
             data = {"title": self.title, "notes": self.notes, "results": self.long_rows,
-                    "tables": [{"norm": s.norm, "headers": s.headers, "rows": s.rows} for s in self.sections]}
+                    "worst_cases": self.worst_cases, "tables": [s.as_dict() for s in self.sections]}
             return json.dumps(_finite(data), indent=2)
         if fmt == "csv":
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(self.long_rows[0]) if self.long_rows else ["defense"],
-                                    lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self.long_rows)
-            return buf.getvalue()
+            return formats.render_csv(self.csv_rows())
         if fmt not in TEXT_FORMATS:
             raise ConfigError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
-        parts = [self.title]
-        for s in self.sections:
-            shown = [[_pct(v) for v in row] for row in s.rows]
-            parts.append(f"{s.norm}:\n" + tabulate(shown, headers=s.headers, tablefmt=TEXT_FORMATS[fmt],
-                                                   disable_numparse=True))
-        if self.notes:
-            parts.append("notes:\n" + "\n".join(f"- {n}" for n in self.notes))
-        return "\n\n".join(parts)
+        return formats.render_text(self, fmt)
+
+    def csv_rows(self) -> list[dict[str, object]]:
+        """The match rows, then one row per worst case (``kind``: match or worst-case), with
+        ``complete`` and the ``missing`` attacks ("pgd: timed-out; cw: failed")."""
+        rows = [{**r, "kind": "match", "complete": _bool(r["status"] == "ok"), "missing": ""}
+                for r in self.long_rows]
+        keys = list(rows[0]) if rows else [*_MATCH_KEYS, "kind", "complete", "missing"]
+        for w in self.worst_cases:
+            row = dict.fromkeys(keys)
+            row.update({k: v for k, v in w.items() if k in row})
+            row.update(attack="worst case", attack_id="", kind="worst-case", complete=_bool(w["complete"]),
+                       status="complete" if w["complete"] else "incomplete",
+                       missing="; ".join(f"{g['attack']}: {g['status']}" for g in w["missing"]))
+            rows.append(row)
+        return rows
 
 
-def _pct(v: object) -> object:
-    if isinstance(v, float):
-        return f"{100 * v:.1f}"
-    return "–" if v is None else v
+_MATCH_KEYS = ("defense", "attack", "attack_id", "norm", "knowledge", "threat_model", "budget", "status",
+               "clean_accuracy", "robust_accuracy", "success_rate", "mean_distance", "mean_queries",
+               "wall_seconds", "backend")
+
+
+def _bool(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+def _gap_dict(gap: Gap, key: str) -> dict[str, str]:
+    name = gap.name[3:] if key == "defense" and gap.name.startswith("vs ") else gap.name
+    return {key: name, "status": gap.status}
 
 
 def _finite(v: object) -> object:
@@ -88,21 +118,31 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
     run_id = run_id if run_id is not None else store.latest_run()
     run = store.run(run_id) if run_id is not None else None
     if run is None:
-        raise ConfigError(f"{store.path}: no tournament run found")
+        runs = ", ".join(map(str, store.run_ids())) or "none"
+        missing = "no tournament run found" if run_id is None else f"no run {run_id} in {store.path.name}"
+        raise ConfigError(f"{store.path}: {missing}; runs: {runs}")
     run_dataset = run.dataset
     if dataset is not None and dataset != run_dataset:
         raise ConfigError(f"{store.path}: run {run_id} is on dataset '{run_dataset}', not '{dataset}'")
     models, matches = store.models(run_id), store.matches(run_id)
+    coverage = Coverage(run, models, matches)  # from every match: a filter must not hide a gap
     if budget is not None:
+        present = sorted({m.budget for m in matches})
         matches = [m for m in matches if math.isclose(m.budget, budget, rel_tol=1e-9)]
+        if not matches:
+            listed = ", ".join(budget_label(b) for b in present) or "none"
+            raise ConfigError(f"{store.path}: run {run_id} has no match at budget {budget:g}; budgets: {listed}")
     if knowledge is not None:
         matches = [m for m in matches if m.threat_model == knowledge]
     if (budget is not None or knowledge is not None) and not matches:
         raise ConfigError(f"{store.path}: no match of run {run_id} fits the filters")
-    sections = [_section(norm, models, [m for m in matches if m.norm == norm])
+    table = _Table(models, coverage, knowledge)
+    sections = [table.section(norm, [m for m in matches if m.norm == norm])
                 for norm in sorted({m.norm for m in matches if m.norm})]
-    sections.append(_attack_section(models, matches))
-    notes = [f"sanity: {flag}" for flag in flags(models, matches)]
+    sections.append(table.attack_section(matches))
+    notes = [f"run {run_id} is not finished (status {run.status}): results may be missing"] \
+        if run.status != "finished" else []
+    notes += [f"sanity: {flag}" for flag in flags(models, matches)]
     if any(backend(m) != "torch" for m in models):  # say which backend ran each entrant
         notes += [f"{m.defense}: backend {backend(m)}{_model_file(m)}" for m in models]
     notes += [f"{m.defense}: detector flags {100 * m.false_positive_rate:.1f}% of clean inputs"
@@ -111,49 +151,81 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
               for m in matches if not m.ok]
     title = (f"{run.name} on {run_dataset} (run {run_id}, seed {run.seed}): accuracy in %, "
              "defenses ranked by mean worst case")
-    return Leaderboard(title, sections, notes, _long_rows(models, matches))
+    return Leaderboard(title, sections, notes, _long_rows(models, matches), table.worst_cases)
 
 
-def _section(norm: str, models: list[ModelRecord], matches: list[MatchRecord]) -> Section:
-    attacks = list(dict.fromkeys(m.attack for m in matches))
-    columns = [(a, b) for a in attacks for b in sorted({m.budget for m in matches if m.attack == a})]
-    budgets = sorted({m.budget for m in matches})
-    by_key = {(m.defense, m.attack, m.budget): m for m in matches}
-    headers = ["defense", "clean"] + [f"{a} ε={budget_label(b)}" for a, b in columns]
-    headers += [f"worst ε={budget_label(b)}" for b in budgets]
-    rows = []
-    for model in models:
-        d = model.defense
-        cells: list[object] = [d, model.clean_accuracy]
-        for a, b in columns:
-            m = by_key.get((d, a, b))
-            cells.append(None if m is None else m.robust_accuracy if m.ok else m.status)
-        cells += [worst_case(model, [m for m in matches if m.defense == d and m.budget == b]) for b in budgets]
-        rows.append(cells)
-    k = len(budgets)
-    rows.sort(key=lambda r: -_mean([v for v in r[len(r) - k:] if isinstance(v, float)]))
-    return Section(norm, headers, rows)
+class _Table:
+    """Builds the sections of one leaderboard, collecting every worst case on the way."""
+
+    def __init__(self, models: list[ModelRecord], coverage: Coverage, knowledge: str | None) -> None:
+        self.models = {m.defense: m for m in models}
+        self.defenses = coverage.defenses  # the built ones, then any that could not be built
+        self.coverage, self.knowledge = coverage, knowledge
+        self.worst_cases: list[dict[str, object]] = []
+
+    def section(self, norm: str, matches: list[MatchRecord]) -> Section:
+        attacks = list(dict.fromkeys(m.attack for m in matches))
+        columns = [(a, b) for a in attacks for b in sorted({m.budget for m in matches if m.attack == a})]
+        budgets = sorted({m.budget for m in matches})
+        by_key = {(m.defense, m.attack, m.budget): m for m in matches}
+        headers = ["defense", "clean"] + [f"{a} ε={budget_label(b)}" for a, b in columns]
+        headers += [f"worst ε={budget_label(b)}" for b in budgets]
+        rows = []
+        for d in self.defenses:
+            model = self.models.get(d)
+            cells: list[object] = [d, model.clean_accuracy if model else NOT_BUILT]
+            for a, b in columns:
+                m = by_key.get((d, a, b))
+                cells.append(None if m is None else m.robust_accuracy if m.ok else m.status)
+            marks = {}
+            for b in budgets:
+                value = worst_case(model, [m for m in matches if m.defense == d and m.budget == b]) if model else None
+                gaps = self.coverage.worst_gaps(d, norm, b, self.knowledge)
+                if gaps:
+                    marks[len(cells)] = Mark(f"{d}, worst ε={budget_label(b)}", gaps)
+                self._note_worst(d, norm, b, value, gaps)
+                cells.append(value)
+            rows.append((cells, marks))
+        k = len(budgets)
+        rows.sort(key=lambda r: (bool(r[1]), -_mean([v for v in r[0][len(r[0]) - k:] if isinstance(v, float)])))
+        return _ranked(norm, headers, rows)
+
+    def _note_worst(self, d: str, norm: str, b: float, value: float | None, gaps: tuple[Gap, ...]) -> None:
+        model = self.models.get(d)
+        self.worst_cases.append({
+            "defense": d, "norm": norm, "budget": b, "threat_model": self.knowledge or "",
+            "clean_accuracy": model.clean_accuracy if model else None, "robust_accuracy": value,
+            "backend": backend(model) if model else None, "complete": not gaps,
+            "missing": [g.as_dict() for g in gaps]})
+
+    def attack_section(self, matches: list[MatchRecord]) -> Section:
+        """Attacks ranked by mean success against every defense (NIPS 2017 competition style: an
+        attack scores the share of defended, correctly classified samples it breaks)."""
+        keys = list(dict.fromkeys((m.attack, m.budget) for m in matches))
+        by_key = {(m.defense, m.attack, m.budget): m for m in matches}
+        headers = ["attack", "threat model", "ε", "score"] + [f"vs {d}" for d in self.defenses]
+        headers += ["queries", "seconds"]
+        rows = []
+        for attack, budget in keys:
+            found = [by_key.get((d, attack, budget)) for d in self.defenses]
+            first = next(m for m in matches if (m.attack, m.budget) == (attack, budget))
+            ok = [c for c in found if c is not None and c.ok]
+            rates = [None if c is None else c.success_rate if c.ok else c.status for c in found]
+            score = _mean([c.success_rate for c in ok if c.success_rate is not None]) if ok else None
+            queries = f"{_mean([c.mean_queries or 0.0 for c in ok]):.0f}" if ok else None
+            seconds = f"{sum(c.wall_seconds or 0.0 for c in ok):.1f}" if ok else None
+            gaps = self.coverage.attack_gaps(attack, budget)
+            marks = {3: Mark(f"{attack} ε={budget_label(budget)}, score", gaps)} if gaps else {}
+            rows.append(([attack, f"{first.threat_model} {first.norm}", budget_label(budget), score, *rates,
+                          queries, seconds], marks))
+        rows.sort(key=lambda r: (bool(r[1]), r[0][3] is None, -(r[0][3] or 0.0)))
+        return _ranked("attacks (success rate in %)", headers, rows)
 
 
-def _attack_section(models: list[ModelRecord], matches: list[MatchRecord]) -> Section:
-    """Attacks ranked by mean success against every defense (NIPS 2017 competition style: an
-    attack scores the share of defended, correctly classified samples it breaks)."""
-    defenses = [m.defense for m in models]
-    keys = list(dict.fromkeys((m.attack, m.budget) for m in matches if m.ok))
-    by_key = {(m.defense, m.attack, m.budget): m for m in matches}
-    headers = ["attack", "threat model", "ε", "score"] + [f"vs {d}" for d in defenses] + ["queries", "seconds"]
-    rows = []
-    for attack, budget in keys:
-        cells = [by_key.get((d, attack, budget)) for d in defenses]
-        ok = [c for c in cells if c is not None and c.ok]
-        first = ok[0]
-        rates = [c.success_rate if c is not None and c.ok else None for c in cells]
-        queries = _mean([c.mean_queries or 0.0 for c in ok])
-        seconds = sum(c.wall_seconds or 0.0 for c in ok)
-        rows.append([attack, f"{first.threat_model} {first.norm}", budget_label(budget),
-                     _mean([r for r in rates if r is not None]), *rates, f"{queries:.0f}", f"{seconds:.1f}"])
-    rows.sort(key=lambda r: -r[3])
-    return Section("attacks (success rate in %)", headers, rows)
+def _ranked(norm: str, headers: list[str], rows: list[tuple[list[object], dict[int, Mark]]]) -> Section:
+    """A section from sorted (cells, marks by column) pairs, the complete rows first."""
+    marks = {(i, j): mark for i, (_, row_marks) in enumerate(rows) for j, mark in row_marks.items()}
+    return Section(norm, headers, [cells for cells, _ in rows], marks, sum(not m for _, m in rows))
 
 
 def backend(model: ModelRecord) -> str:

@@ -3,337 +3,324 @@
 Only the driver process writes. A run is identified by its id; ``--resume`` continues the
 newest unfinished run with the same configuration hash and skips every match already stored.
 
-What comes out is typed: :class:`RunRecord`, :class:`ModelRecord` and :class:`MatchRecord`,
-with the JSON columns decoded to dicts and the masks (stored as compact ``'0101'`` text) decoded
-to tuples of bools, once, here. Readers use their attributes.
+What comes out is typed (:mod:`arena.tournament.records`): :class:`RunRecord`,
+:class:`ModelRecord` and :class:`MatchRecord`, JSON decoded and masks as tuples of bools.
 
-The schema is versioned with ``PRAGMA user_version``: a new file is created at
-:data:`SCHEMA_VERSION`; an older one is migrated on open, one step of :data:`MIGRATIONS` at a
-time, inside one transaction; a newer one is refused with a :class:`~arena.errors.ConfigError`.
+Concurrency. The file is in WAL mode: readers (``arena leaderboard``, ``arena publish``, any
+``sqlite3`` shell in a transaction) never block the run's writes, nor the writes them. A write
+waits :data:`BUSY_TIMEOUT_S` for another writer's lock and is then retried
+:data:`WRITE_ATTEMPTS` times with doubling pauses; only a lock held past all of that is an error
+(a one-line :class:`~arena.errors.ConfigError`; the matches committed before it are kept).
+
+One process per run. A run is leased to the process that runs it (a ``leases`` row: pid, host,
+the process's start time, a heartbeat refreshed by every save): :meth:`Store.start_run` and
+:meth:`Store.resumable_run` claim it atomically, :meth:`Store.claim_run` claims a given run,
+:meth:`Store.finish_run`, :meth:`Store.release_run` and :meth:`Store.close` release it. A run
+leased to a live process is refused with a ConfigError; a lease whose process is gone is taken
+over (:mod:`arena.tournament.leases`). Every lease check is inside a ``BEGIN IMMEDIATE``
+transaction, so two processes cannot both take a run.
+
+Opening. ``Store(path)`` opens or creates a database to write (``arena run``);
+:meth:`Store.open_existing` (``arena run --resume``) refuses a missing or empty file instead of
+starting afresh; ``Store(path, readonly=True)`` (``arena leaderboard``, ``arena publish``) never
+creates, migrates or writes the file (SQLite may create its ``-wal``/``-shm`` index files beside
+it while it is open). Every open runs ``PRAGMA quick_check``: a damaged file, a file that is no
+database, a database of another program or an unopenable path is a one-line ConfigError naming
+the file, as is any later SQLite failure; nothing is ever written into such a file.
+
+The schema (:mod:`arena.tournament.schema`) is versioned with ``PRAGMA user_version``: a new
+file is created at :data:`SCHEMA_VERSION`; an older one is migrated on a writable open, one step of
+:data:`MIGRATIONS` at a time, inside one transaction; a read-only open migrates an in-memory
+copy instead (migrating requires writing); a newer one is refused with a ConfigError.
 """
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from arena.errors import ConfigError
+from arena.tournament import leases
+from arena.tournament.records import (Lease, MatchRecord, MatchRow, ModelRecord, RunRecord, decode_mask,
+                                      encode_mask, mask_text, match_record, model_record, run_record,
+                                      threat_model_of)
+from arena.tournament.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, columns
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    config_hash TEXT NOT NULL,
-    config_json TEXT NOT NULL,
-    source TEXT,
-    source_text TEXT,
-    seed INTEGER NOT NULL,
-    status TEXT NOT NULL DEFAULT 'running',
-    started REAL NOT NULL,
-    finished REAL,
-    provenance_json TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS models (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    defense TEXT NOT NULL,
-    defense_id TEXT NOT NULL,
-    defense_kind TEXT NOT NULL,
-    config_json TEXT NOT NULL,
-    clean_accuracy REAL NOT NULL,
-    clean_mask TEXT NOT NULL,
-    false_positive_rate REAL,
-    cache_key TEXT,
-    train_seconds REAL,
-    checks_json TEXT NOT NULL DEFAULT '{}',
-    provenance_json TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (run_id, defense)
-);
-CREATE TABLE IF NOT EXISTS matches (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    defense TEXT NOT NULL,
-    attack TEXT NOT NULL,
-    budget REAL NOT NULL,
-    attack_id TEXT NOT NULL,
-    attack_config_json TEXT NOT NULL,
-    norm TEXT NOT NULL,
-    knowledge TEXT NOT NULL,
-    threat_model TEXT NOT NULL DEFAULT '',
-    status TEXT NOT NULL,
-    robust_accuracy REAL,
-    success_rate REAL,
-    mean_distance REAL,
-    mean_queries REAL,
-    robust_mask TEXT,
-    error TEXT,
-    wall_seconds REAL,
-    started REAL,
-    finished REAL,
-    provenance_json TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (run_id, defense, attack, budget)
-);
-"""
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Lease", "MatchRecord", "MatchRow", "ModelRecord", "RunRecord", "Store",
+           "decode_mask", "encode_mask", "threat_model_of"]
 
-# Columns that unversioned (user_version 0) databases may lack: they were added on open, before
-# the schema had a version.
-LEGACY_COLUMNS = (
-    ("models", "checks_json", "TEXT NOT NULL DEFAULT '{}'"),
-    ("matches", "provenance_json", "TEXT NOT NULL DEFAULT '{}'"),
-    ("models", "provenance_json", "TEXT NOT NULL DEFAULT '{}'"),
-)
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 30.0  # how long one statement waits for another connection's write lock
+WRITE_ATTEMPTS = 6  # a write still locked out after that is tried again, this many times in all,
+RETRY_DELAY_S = 0.5  # after pauses of 0.5, 1, 2, 4, 8 s
 
 
-def threat_model_of(knowledge: str, provenance: dict[str, Any]) -> str:
-    """The threat model a match is filed and shown under: its attack's knowledge, except that a
-    transfer attack (examples crafted on a surrogate entry; stored as black-box, since the target
-    is never queried) is ``transfer``."""
-    return "transfer" if provenance.get("surrogate") else knowledge
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc) or "busy" in str(exc)
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def _to_v1(conn: sqlite3.Connection) -> None:
-    """Version 0 -> 1: the columns added before versioning, and ``matches.threat_model`` filled
-    from each row's knowledge and provenance."""
-    for table, column, decl in (*LEGACY_COLUMNS, ("matches", "threat_model", "TEXT NOT NULL DEFAULT ''")):
-        if column not in _columns(conn, table):
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-    rows = conn.execute("SELECT rowid, knowledge, provenance_json FROM matches").fetchall()
-    conn.executemany("UPDATE matches SET threat_model = ? WHERE rowid = ?",
-                     [(threat_model_of(k, json.loads(p or "{}")), rowid) for rowid, k, p in rows])
-
-
-# MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1,)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-@dataclass
-class MatchRow:
-    """One (defense, attack, budget) result to store. ``robust_mask`` has one 0/1 per evaluated
-    sample ('0101' text or a sequence of bools); ``threat_model`` is derived when left empty."""
-
-    defense: str
-    attack: str
-    budget: float
-    attack_id: str
-    attack_config: dict[str, Any]
-    norm: str
-    knowledge: str
-    status: str
-    robust_accuracy: float | None = None
-    success_rate: float | None = None
-    mean_distance: float | None = None
-    mean_queries: float | None = None
-    robust_mask: Any = None
-    error: str | None = None
-    wall_seconds: float | None = None
-    started: float | None = None
-    finished: float | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
-    threat_model: str = ""
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One tournament run."""
-
-    id: int
-    name: str
-    config_hash: str
-    config: dict[str, Any]
-    source: str | None
-    source_text: str | None
-    seed: int
-    status: str
-    started: float
-    finished: float | None
-    provenance: dict[str, Any]
-
-    @property
-    def dataset(self) -> str | None:
-        """The id of the run's dataset, as configured."""
-        ds = self.config.get("dataset")
-        return ds.get("id") if isinstance(ds, dict) else ds
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """One defense's built model in a run: clean accuracy, the clean mask, its probes."""
-
-    run_id: int
-    defense: str
-    defense_id: str
-    defense_kind: str
-    config: dict[str, Any]
-    clean_accuracy: float
-    clean_mask: tuple[bool, ...]
-    false_positive_rate: float | None
-    cache_key: str | None
-    train_seconds: float | None
-    checks: dict[str, Any]
-    provenance: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class MatchRecord:
-    """One (defense, attack, budget) result; ``robust_mask`` is None where none was stored."""
-
-    run_id: int
-    defense: str
-    attack: str
-    budget: float
-    attack_id: str
-    attack_config: dict[str, Any]
-    norm: str
-    knowledge: str
-    threat_model: str
-    status: str
-    robust_accuracy: float | None
-    success_rate: float | None
-    mean_distance: float | None
-    mean_queries: float | None
-    robust_mask: tuple[bool, ...] | None
-    error: str | None
-    wall_seconds: float | None
-    started: float | None
-    finished: float | None
-    provenance: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-def _loads(text: str | None) -> dict[str, Any]:
-    return json.loads(text) if text else {}
-
-
-def _run_record(r: sqlite3.Row) -> RunRecord:
-    return RunRecord(id=r["id"], name=r["name"], config_hash=r["config_hash"], config=_loads(r["config_json"]),
-                     source=r["source"], source_text=r["source_text"], seed=r["seed"], status=r["status"],
-                     started=r["started"], finished=r["finished"], provenance=_loads(r["provenance_json"]))
-
-
-def _model_record(r: sqlite3.Row) -> ModelRecord:
-    return ModelRecord(run_id=r["run_id"], defense=r["defense"], defense_id=r["defense_id"],
-                       defense_kind=r["defense_kind"], config=_loads(r["config_json"]),
-                       clean_accuracy=r["clean_accuracy"], clean_mask=tuple(decode_mask(r["clean_mask"])),
-                       false_positive_rate=r["false_positive_rate"], cache_key=r["cache_key"],
-                       train_seconds=r["train_seconds"], checks=_loads(r["checks_json"]),
-                       provenance=_loads(r["provenance_json"]))
-
-
-def _match_record(r: sqlite3.Row) -> MatchRecord:
-    provenance = _loads(r["provenance_json"])
-    mask = r["robust_mask"]
-    return MatchRecord(
-        run_id=r["run_id"], defense=r["defense"], attack=r["attack"], budget=r["budget"], attack_id=r["attack_id"],
-        attack_config=_loads(r["attack_config_json"]), norm=r["norm"], knowledge=r["knowledge"],
-        threat_model=r["threat_model"] or threat_model_of(r["knowledge"], provenance), status=r["status"],
-        robust_accuracy=r["robust_accuracy"], success_rate=r["success_rate"], mean_distance=r["mean_distance"],
-        mean_queries=r["mean_queries"], robust_mask=None if mask is None else tuple(decode_mask(mask)),
-        error=r["error"], wall_seconds=r["wall_seconds"], started=r["started"], finished=r["finished"],
-        provenance=provenance)
+def _explain(exc: sqlite3.DatabaseError) -> str:
+    """One line on what an SQLite failure means for a results file."""
+    if isinstance(exc, sqlite3.OperationalError):
+        if _busy(exc):
+            return (f"database is locked by another process ({exc}); what it holds is kept: try again later, "
+                    "and finish an interrupted run with --resume")
+        return f"cannot {'open' if 'unable to open' in str(exc) else 'read or write'} it ({exc})"
+    if "not a database" in str(exc):
+        return f"not an arena results database ({exc})"
+    return f"damaged results database ({exc}); restore it from a copy or start a new one"
 
 
 class Store:
-    """A results database in SQLite."""
+    """A results database in SQLite (see the module docstring for the rules of opening,
+    concurrency and leases)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False, must_exist: bool = False) -> None:
         self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path))
-        self.conn.row_factory = sqlite3.Row
+        self.readonly = readonly
+        self._claimed: set[int] = set()
+        if (readonly or must_exist) and not self.path.exists():
+            raise ConfigError(f"{self.path}: " + ("no results database to resume" if must_exist
+                                                   else "no such results database"))
+        if must_exist and self.path.is_file() and self.path.stat().st_size == 0:
+            raise ConfigError(f"{self.path}: no results database to resume")
+        self.conn = self._connect()
         try:
-            self._open()
-        except sqlite3.DatabaseError as exc:  # not a database at all, or locked by another process
-            self.conn.close()
-            what = "cannot open" if isinstance(exc, sqlite3.OperationalError) else "not an arena results database"
-            raise ConfigError(f"{self.path}: {what} ({exc})") from None
+            with self._guard():
+                self._open(must_exist)
         except BaseException:
             self.conn.close()
             raise
 
+    @classmethod
+    def open_existing(cls, path: str | Path) -> Store:
+        """The database at ``path`` to resume a run in: a missing or empty file (or one with no
+        run in it) is a ConfigError "PATH: no results database to resume", never a fresh start."""
+        return cls(path, must_exist=True)
+
+    # ------------------------------------------------------------- opening
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.readonly:
+                conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"{self.path}: cannot open ({exc})") from None
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _open(self, must_exist: bool) -> None:
+        """Check the file, then create the schema in a new one or migrate an older one."""
+        problems = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise ConfigError(f"{self.path}: damaged results database ({problems[0]}); restore it from a copy "
+                              "or start a new one")
+        version = self._version()
+        self._refuse_newer(version)
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "runs" not in tables:
+            if tables or version:
+                raise ConfigError(f"{self.path}: not an arena results database (it has no runs table)")
+            if self.readonly or must_exist:
+                raise ConfigError(f"{self.path}: " + ("no results database to resume" if must_exist
+                                                       else "an empty database, no tournament results in it"))
+        elif must_exist and self.conn.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is None:
+            raise ConfigError(f"{self.path}: no results database to resume")
+        if self.readonly:
+            if version < SCHEMA_VERSION:
+                self._migrate_in_memory(version)
+            return
+        self._write(lambda conn: conn.execute("PRAGMA journal_mode = WAL"))
+        if version != SCHEMA_VERSION or "runs" not in tables:
+            self._write(self._migrate)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # another process may be opening the same file
+        version = self._version()
+        self._refuse_newer(version)
+        if not columns(conn, "runs"):
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            version = SCHEMA_VERSION
+        for step in MIGRATIONS[version:]:
+            step(conn)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate_in_memory(self, version: int) -> None:
+        """Read an older file through a migrated copy in memory: the file itself is not touched."""
+        memory = sqlite3.connect(":memory:")
+        self.conn.backup(memory)
+        self.conn.close()
+        self.conn = memory
+        memory.row_factory = sqlite3.Row
+        with memory:
+            for step in MIGRATIONS[version:]:
+                step(memory)
+
     def _version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
-    def _open(self) -> None:
-        """Create the schema in a new file, or migrate an older one, in one transaction."""
-        if self._version() == SCHEMA_VERSION:
-            return
-        self._refuse_newer()
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")  # another process may be opening the same file
-            version = self._version()
-            self._refuse_newer()
-            if not _columns(self.conn, "runs"):
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
-                version = SCHEMA_VERSION
-            for step in MIGRATIONS[version:]:
-                step(self.conn)
-            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _refuse_newer(self) -> None:
-        if self._version() > SCHEMA_VERSION:
-            raise ConfigError(f"{self.path}: results database schema version {self._version()} was written by a "
+    def _refuse_newer(self, version: int | None = None) -> None:
+        version = self._version() if version is None else version
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"{self.path}: results database schema version {version} was written by a "
                               f"newer arena (this one reads up to {SCHEMA_VERSION}); upgrade")
 
+    # ------------------------------------------------------------- reading and writing
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """SQLite failures as one-line ConfigErrors naming the file (programming errors, such as
+        an integrity violation, stay exceptions)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if type(exc) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
+                raise
+            raise ConfigError(f"{self.path}: {_explain(exc)}") from None
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._guard():
+            return self.conn.execute(sql, params).fetchall()
+
+    def _write(self, step: Callable[[sqlite3.Connection], T]) -> T:
+        """``step(conn)`` in one transaction, committed; retried while another connection holds
+        the write lock, with doubling pauses, :data:`WRITE_ATTEMPTS` times in all."""
+        if self.readonly:
+            raise ConfigError(f"{self.path}: opened read-only; it cannot be written")
+        delay = RETRY_DELAY_S
+        with self._guard():
+            for attempt in range(1, WRITE_ATTEMPTS + 1):
+                try:
+                    with self.conn:
+                        return step(self.conn)
+                except sqlite3.OperationalError as exc:
+                    if self.conn.in_transaction:
+                        self.conn.rollback()
+                    if not _busy(exc) or attempt == WRITE_ATTEMPTS:
+                        raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
+        """Release the runs this store claimed and not finished, then close the file."""
+        if self._claimed and not self.readonly:
+            try:
+                with self.conn:
+                    for run_id in sorted(self._claimed):
+                        self._release(self.conn, run_id)
+            except sqlite3.Error:  # a lease left behind is taken over once this process is gone
+                pass
+        self._claimed.clear()
         self.conn.close()
 
+    # ------------------------------------------------------------- runs and their leases
     def start_run(self, name: str, config_hash: str, config: dict, source: str | None,
                   source_text: str | None, seed: int, started: float, provenance: dict) -> int:
-        cur = self.conn.execute(
-            "INSERT INTO runs (name, config_hash, config_json, source, source_text, seed, started, provenance_json)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, config_hash, json.dumps(config), source, source_text, seed, started, json.dumps(provenance)),
-        )
-        self.conn.commit()
-        return int(cur.lastrowid)
+        """A new run, claimed by this process."""
+        def step(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO runs (name, config_hash, config_json, source, source_text, seed, started,"
+                " provenance_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, config_hash, json.dumps(config), source, source_text, seed, started, json.dumps(provenance)))
+            run_id = int(cur.lastrowid)
+            self._claim(conn, run_id)
+            return run_id
+
+        return self._write(step)
 
     def resumable_run(self, config_hash: str) -> int | None:
-        row = self.conn.execute(
-            "SELECT id FROM runs WHERE config_hash = ? AND status != 'finished' ORDER BY id DESC LIMIT 1",
-            (config_hash,),
-        ).fetchone()
-        return None if row is None else int(row["id"])
+        """The newest unfinished run of ``config_hash``, claimed by this process (None: there is
+        none). A ConfigError if a live process is running it."""
+        def step(conn: sqlite3.Connection) -> int | None:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT id FROM runs WHERE config_hash = ? AND status != 'finished' "
+                               "ORDER BY id DESC LIMIT 1", (config_hash,)).fetchone()
+            if row is None:
+                return None
+            self._claim(conn, int(row["id"]))
+            return int(row["id"])
+
+        return self._write(step)
+
+    def claim_run(self, run_id: int) -> None:
+        """Lease ``run_id`` to this process, atomically: a ConfigError "run N of FILE is being run
+        by process PID ..." if a live process holds it; a lease whose process is gone is taken
+        over; claiming a run this process holds already refreshes it."""
+        def step(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            self._claim(conn, run_id)
+
+        self._write(step)
+
+    def release_run(self, run_id: int) -> None:
+        """Give up this process's lease of ``run_id`` (a lease held by another is left alone)."""
+        self._write(lambda conn: self._release(conn, run_id))
+
+    def heartbeat(self, run_id: int) -> None:
+        """Tell other processes this one is still running ``run_id`` (every save does as well)."""
+        self._write(lambda conn: leases.beat(conn, run_id))
+
+    def holder(self, run_id: int) -> Lease | None:
+        """Who holds the lease of ``run_id``, if anyone."""
+        with self._guard():
+            return leases.held(self.conn, run_id)
 
     def finish_run(self, run_id: int, finished: float, status: str = "finished") -> None:
-        self.conn.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ?", (status, finished, run_id))
-        self.conn.commit()
+        """Mark the run finished (or ``status``) and release its lease."""
+        def step(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ?", (status, finished, run_id))
+            self._release(conn, run_id)
 
+        self._write(step)
+
+    def _claim(self, conn: sqlite3.Connection, run_id: int) -> None:
+        leases.claim(conn, run_id, self.path)
+        self._claimed.add(run_id)
+
+    def _release(self, conn: sqlite3.Connection, run_id: int) -> None:
+        leases.release(conn, run_id)
+        self._claimed.discard(run_id)
+
+    # ------------------------------------------------------------- results
     def save_model(self, run_id: int, **fields: Any) -> None:
         """Store a defense's model row: the columns of ``models`` by name, with ``config``,
         ``checks`` and ``provenance`` as dicts and ``clean_mask`` as text or booleans."""
         fields["config_json"] = json.dumps(fields.pop("config"))
         fields["checks_json"] = json.dumps(fields.pop("checks", {}))
         fields["provenance_json"] = json.dumps(fields.pop("provenance", {}))
-        fields["clean_mask"] = _mask_text(fields["clean_mask"])
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        self.conn.execute(f"INSERT OR REPLACE INTO models (run_id, {cols}) VALUES (?, {marks})",
-                          (run_id, *fields.values()))
-        self.conn.commit()
+        fields["clean_mask"] = mask_text(fields["clean_mask"])
+        self._insert("models", run_id, fields)
 
     def save_match(self, run_id: int, row: MatchRow) -> None:
         data = asdict(row)
         data["threat_model"] = row.threat_model or threat_model_of(row.knowledge, row.provenance)
         data["provenance_json"] = json.dumps(data.pop("provenance"))
         data["attack_config_json"] = json.dumps(data.pop("attack_config"))
-        data["robust_mask"] = None if row.robust_mask is None else _mask_text(row.robust_mask)
+        data["robust_mask"] = None if row.robust_mask is None else mask_text(row.robust_mask)
+        self._insert("matches", run_id, data)
+
+    def _insert(self, table: str, run_id: int, data: dict[str, Any]) -> None:
+        """One row, committed with a heartbeat of the run's lease."""
         cols = ", ".join(data)
         marks = ", ".join("?" for _ in data)
-        self.conn.execute(f"INSERT OR REPLACE INTO matches (run_id, {cols}) VALUES (?, {marks})",
-                          (run_id, *data.values()))
-        self.conn.commit()
+
+        def step(conn: sqlite3.Connection) -> None:
+            conn.execute(f"INSERT OR REPLACE INTO {table} (run_id, {cols}) VALUES (?, {marks})",
+                         (run_id, *data.values()))
+            leases.beat(conn, run_id)
+
+        self._write(step)
 
     def examples_dir(self, run_id: int) -> Path:
         return self.path.with_suffix(".examples") / f"run{run_id}"
@@ -349,48 +336,28 @@ class Store:
         return path
 
     def done_matches(self, run_id: int) -> set[tuple[str, str, float]]:
-        rows = self.conn.execute("SELECT defense, attack, budget FROM matches WHERE run_id = ?", (run_id,))
+        rows = self._rows("SELECT defense, attack, budget FROM matches WHERE run_id = ?", (run_id,))
         return {(r["defense"], r["attack"], r["budget"]) for r in rows}
 
+    def run_ids(self) -> list[int]:
+        """Every run's id, oldest first."""
+        return [int(r[0]) for r in self.conn.execute("SELECT id FROM runs ORDER BY id")]
+
     def latest_run(self) -> int | None:
-        row = self.conn.execute("SELECT id FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        return None if row is None else int(row["id"])
+        rows = self._rows("SELECT id FROM runs ORDER BY id DESC LIMIT 1")
+        return int(rows[0]["id"]) if rows else None
 
     def run(self, run_id: int) -> RunRecord | None:
-        row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return None if row is None else _run_record(row)
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return run_record(rows[0]) if rows else None
 
     def models(self, run_id: int) -> list[ModelRecord]:
-        rows = self.conn.execute("SELECT * FROM models WHERE run_id = ? ORDER BY rowid", (run_id,))
-        return [_model_record(r) for r in rows]
+        return [model_record(r) for r in self._rows("SELECT * FROM models WHERE run_id = ? ORDER BY rowid", (run_id,))]
 
     def matches(self, run_id: int) -> list[MatchRecord]:
-        rows = self.conn.execute("SELECT * FROM matches WHERE run_id = ? ORDER BY rowid", (run_id,))
-        return [_match_record(r) for r in rows]
+        return [match_record(r) for r in self._rows("SELECT * FROM matches WHERE run_id = ? ORDER BY rowid",
+                                                    (run_id,))]
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def encode_mask(mask: Any) -> str:
-    """A boolean tensor or sequence as the compact '0101...' text stored on disk."""
-    values = mask.tolist() if hasattr(mask, "tolist") else mask
-    return "".join("1" if bool(b) else "0" for b in values)
-
-
-def decode_mask(text: str) -> list[bool]:
-    """The stored '0101...' text as booleans (records hold their masks decoded already)."""
-    if not isinstance(text, str):
-        raise TypeError(f"decode_mask reads the stored '0101' text, not {type(text).__name__}; "
-                        "records from Store hold their masks as booleans")
-    return [c == "1" for c in text]
-
-
-def _mask_text(mask: Any) -> str:
-    """A mask to store: '0101' text as given (checked), anything else through :func:`encode_mask`."""
-    if isinstance(mask, str):
-        if set(mask) - {"0", "1"}:
-            raise ValueError(f"a mask is '0'/'1' text, got {mask[:20]!r}")
-        return mask
-    return encode_mask(mask)
