@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from arena.data import check_images
+from arena import isolation
 from arena.errors import AttackError, ConfigError
 from arena.model import Model, QueryLedger, QueryOracle, frozen, seeded
 from arena.plugin import Plugin
@@ -113,22 +114,28 @@ class Attack(Plugin):
             if x.shape[0]:
                 num_classes = _logits(model, x[:1]).shape[1]  # one sample tells the class count
                 _check_labels(y, targets, num_classes, self.id)
-            x_adv, queries = self._run_guarded(model, x, y, threat.eps, targets)
+            x_adv, queries = self._run_guarded(model, x, y, threat.eps, targets, seed)
             x_adv = threat.project(x_adv, x)
             adv_pred = _logits(model, x_adv).argmax(dim=1)  # the model verified and restored
         return self._result(x, y, x_adv, adv_pred, targets, queries, threat)
 
     def _run_guarded(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None,
-                     targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     targets: torch.Tensor | None, seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``run`` on copies of the inputs, with the model snapshotted before and checked and
-        restored after (also when ``run`` raises); queries from the harness's own ledger."""
+        restored after (also when ``run`` raises); queries from the harness's own ledger. A
+        black-box attack's ``run`` goes to the attacker process (:mod:`arena.isolation`), where
+        the model does not exist."""
         n, device = x.shape[0], x.device
         ledger = QueryLedger(n, self.max_queries, device) if self.knowledge is Knowledge.BLACK_BOX else None
         target = model if ledger is None else QueryOracle(
             model, n, output=self.oracle_output, ledger=ledger)
         snapshot = ModelSnapshot(model, self.context)
         try:
-            out = self.run(target, x.clone(), y.clone(), eps, None if targets is None else targets.clone())
+            copies = (x.clone(), y.clone(), eps, None if targets is None else targets.clone())
+            if ledger is not None and isolation.enabled():
+                out = isolation.run_blackbox(self, target, *copies, seed)
+            else:
+                out = self.run(target, *copies)
         finally:
             changes = snapshot.restore()
         if changes:

@@ -251,7 +251,7 @@ def _run_tournament(obj: CliState, file: Path, db: Path | None, executor: str, a
 
     plan = load_tournament(file, obj.registry)
     db = db or Path("results") / f"{file.stem}.db"
-    store = Store(db)
+    store = Store.open_existing(db) if resume else Store(db)
     progress = not quiet and sys.stderr.isatty()
     resources = plan.config.resources
     pool = make_executor(executor, address, resources.num_cpus, resources.num_gpus)
@@ -315,7 +315,7 @@ def leaderboard(db: Path, fmt: str, run_id: int | None, dataset: str | None, bud
     from arena.leaderboard import tables
     from arena.tournament.store import Store
 
-    board = tables.build(Store(db), run_id, dataset=dataset, budget=budget, knowledge=knowledge)
+    board = tables.build(Store(db, readonly=True), run_id, dataset=dataset, budget=budget, knowledge=knowledge)
     click.echo(board.render(fmt))
 
 
@@ -331,7 +331,7 @@ def publish(db: Path, directory: Path, run_id: int | None) -> None:
     from arena.tournament.store import Store
 
     try:
-        index = write_site(Store(db), run_id, directory)
+        index = write_site(Store(db, readonly=True), run_id, directory)
     except OSError as exc:  # an unwritable or vanished folder: the user's to fix, in one line
         where = exc.filename or directory
         raise ConfigError(f"{where}: cannot write the site there: {exc.strerror or exc}") from None

@@ -69,6 +69,7 @@ def _spy(monkeypatch, attack_id: str) -> list:
 
 @pytest.mark.parametrize("attack_id, params, eps", CASES)
 def test_run_sees_a_counting_oracle_never_the_module(monkeypatch, attack_id, params, eps):
+    monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "0")  # spy on run here (tests/test_isolation.py: in its process)
     seen = _spy(monkeypatch, attack_id)
     model, (x, y) = testing.trained_model(), testing.attack_batch(12)
     result = make(attack_id, **params)(model, x, y, eps, seed=0)

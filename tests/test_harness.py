@@ -8,6 +8,7 @@ import torch
 
 from arena import AttackError, ConfigError, QueryBudgetExceeded, testing
 from arena.attack import FixedBudgetAttack, MinimalAttack, RunOutput
+from arena.isolation import RemoteOracle
 from arena.model import QueryOracle
 from arena.plugin import PluginConfig
 from arena.threat import Knowledge, Norm
@@ -53,7 +54,7 @@ class PeeksAtGradients(FixedBudgetAttack):
     oracle_output: ClassVar[str] = "scores"
 
     def run(self, model, x, y, eps, targets):
-        assert isinstance(model, QueryOracle)
+        assert isinstance(model, (QueryOracle, RemoteOracle))  # RemoteOracle: in the attacker process
         assert not hasattr(model, "parameters") and not hasattr(model, "module")
         probe = x.clone().requires_grad_(True)
         scores = model(probe)

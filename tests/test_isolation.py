@@ -168,3 +168,95 @@ def test_inline_and_local_executors_agree(tmp_path):
             executor.close()
         results.append(sorted((r.attack, r.budget, r.robust_mask) for r in store.matches(run_id)))
     assert results[0] == results[1]
+
+
+# ------------------------------------------------------------------ access by construction
+class SnoopConfig(arena.plugin.PluginConfig):
+    report: str
+
+
+def _snoop(model, report: str) -> None:
+    """Write down what a plugin can reach from where it runs: its process, what it was given,
+    and every torch module that exists in that process."""
+    import gc
+    import json
+
+    modules = sorted({type(o).__name__ for o in gc.get_objects() if isinstance(o, torch.nn.Module)})
+    with open(report, "w") as fh:
+        json.dump({"pid": os.getpid(), "given": type(model).__name__, "modules": modules}, fh)
+
+
+class SnoopsBlackBox(FixedBudgetAttack):
+    """Test black-box attack that looks for the model it must not see."""
+
+    id: ClassVar[str] = "snoops-black-box"
+    knowledge: ClassVar = arena.threat.Knowledge.BLACK_BOX
+    Config = SnoopConfig
+
+    def run(self, model, x, y, eps, targets):
+        _snoop(model, self.config.report)
+        model(x)
+        return x
+
+
+class SnoopsGrayBox(FixedBudgetAttack):
+    """Test white-box attack, run gray-box, that looks for the defense it must not see."""
+
+    id: ClassVar[str] = "snoops-gray-box"
+    Config = SnoopConfig
+
+    def run(self, model, x, y, eps, targets):
+        _snoop(model, self.config.report)
+        return x
+
+
+def _report(path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("isolated", [True, False])
+def test_a_black_box_attack_runs_where_no_model_exists(tmp_path, monkeypatch, isolated):
+    monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "1" if isolated else "0")
+    from arena import testing
+
+    model, (x, y) = testing.trained_model(), testing.attack_batch(8)
+    result = SnoopsBlackBox(report=str(tmp_path / "r.json"))(model, x, y, 0.1, seed=0)
+    seen = _report(tmp_path / "r.json")
+    assert torch.equal(result.queries, torch.ones(8, dtype=torch.long))  # counted by the harness here
+    if isolated:
+        assert seen["pid"] != os.getpid() and seen["given"] == "RemoteOracle" and seen["modules"] == []
+    else:  # the same plugin in process finds the network: what isolation takes away
+        assert seen["pid"] == os.getpid() and "FeatureClassifier" in seen["modules"]
+
+
+@pytest.mark.parametrize("isolated", [True, False])
+def test_a_gray_box_attack_runs_where_the_defense_does_not_exist(tmp_path, monkeypatch, isolated):
+    monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "1" if isolated else "0")
+    snoops = types.ModuleType("snoops")
+    snoops.arena_register_attacks = arena.hookimpl(_register_snoops)
+    reg = arena.load_plugins(extra=[("snoops", snoops)])
+    report = tmp_path / "r.json"
+    config = {**CONFIG, "match_timeout": None,
+              "defenses": [{"id": "standard"}, {"id": "feature-squeezing", "name": "squeezed", "on": "standard"}],
+              "attacks": [{"id": "snoops-gray-box", "view": "gray-box", "params": {"report": str(report)},
+                           "budgets": [0.1], "against": ["squeezed"]}]}
+    executor = LocalExecutor()
+    try:
+        store = Store(tmp_path / "r.db")
+        run_id = Runner(parse_tournament(config, reg), store, cache_dir=tmp_path / "c", progress=False,
+                        executor=executor).run()
+    finally:
+        executor.close()
+    (row,) = store.matches(run_id)
+    seen = _report(report)
+    assert row.status == "ok" and seen["given"] == "FeatureClassifier"
+    if isolated:
+        assert seen["modules"] and "SqueezedModel" not in seen["modules"]
+    else:
+        assert "SqueezedModel" in seen["modules"]
+
+
+def _register_snoops(register):
+    register(SnoopsGrayBox)

@@ -57,8 +57,10 @@ def finished(tmp_path_factory):
     reg = arena.load_plugins(extra=[("views", plugin)])
     store = Store(tmp / "v.db")
     SEEN.clear()
-    run_id = Runner(parse_tournament(CONFIG, reg), store, cache_dir=tmp / "c", progress=False,
-                    executor=InlineExecutor()).run()  # SEEN is filled in this process
+    with pytest.MonkeyPatch.context() as mp:  # SEEN is filled in this process (tests/test_isolation.py:
+        mp.setenv("ARENA_ISOLATE_ATTACKS", "0")  # gray-box attacks in a process of their own)
+        run_id = Runner(parse_tournament(CONFIG, reg), store, cache_dir=tmp / "c", progress=False,
+                        executor=InlineExecutor()).run()
     return store, run_id
 
 

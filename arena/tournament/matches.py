@@ -17,13 +17,14 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from arena import isolation
 from arena.data import Split
 from arena.defense import Defense, DetectorDefense
 from arena.errors import ArenaError
 from arena.model import default_device, seeded, torch_threads_for
 from arena.threat import within
 from arena.training import predict
-from arena.tournament.plan import AttackPlan
+from arena.tournament.plan import AttackPlan, View
 from arena.tournament.store import MatchRow, encode_mask
 
 
@@ -114,12 +115,16 @@ def _attack(entrant: Entrant, eps: float | None, spec: MatchSpec, data: Split,
     """Attack the correctly classified samples in batches; judge on the full defended model."""
     attack = spec.attack.attack
     victim = entrant.base if spec.attack.view.off_target else entrant.model
+    gray = spec.attack.view.kind is View.GRAY_BOX
     idx = torch.nonzero(entrant.clean_correct).flatten()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("fooled", "detected", "distance", "queries", "x_adv")}
     for b, start in enumerate(range(0, len(idx), spec.batch_size)):
         sel = idx[start:start + spec.batch_size]
         x, y = data.x[sel].to(device), data.y[sel].to(device)
-        result = attack(victim, x, y, eps, seed=spec.seed + b, context=entrant.defense)
+        if gray and isolation.enabled():  # the base classifier alone, in a process without the defense
+            result = isolation.call_elsewhere(attack, victim, x, y, eps, spec.seed + b)
+        else:
+            result = attack(victim, x, y, eps, seed=spec.seed + b, context=None if gray else entrant.defense)
         fooled = result.success
         with seeded(spec.seed + b, device):
             if victim is not entrant.model:

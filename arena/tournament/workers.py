@@ -214,6 +214,7 @@ def _describe_exit(code: int | None) -> str:
 
 def _serve(conn: Any) -> None:
     """The worker's loop: run each task sent, answer ("ok", result) or ("error", exception)."""
+    mp.current_process().daemon = False  # a worker may start an attacker process (arena.isolation)
     faulthandler.disable()  # a crashing plugin is reported by the driver, not dumped by a handler it inherited
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles ^C and ends its workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the driver's handler, if it forked us

@@ -1,0 +1,264 @@
+"""Black-box and gray-box attacks run where what they must not see does not exist.
+
+A black-box attack may see labels or scores and nothing else, and hiding the model behind an
+object in the same process is not enough: a plugin can reach it through the oracle's closure,
+the caller's stack frames or ``gc``. So the harness runs a black-box attack's ``run`` in an
+*attacker process* started fresh (``spawn``: a new interpreter that never held a model), which
+gets the attack, the inputs and a :class:`RemoteOracle`. Each oracle call sends its batch
+through a pipe to the harness, which evaluates the model, counts every row in its own ledger
+and answers with labels or scores only.
+
+A gray-box attack (one that may see the base classifier, not the defense around it) is run
+whole, harness included, in the attacker process, which is sent the base classifier only; the
+tournament then judges its examples on the full defended model.
+
+One attacker process serves the attacks of the process that started it, one at a time; it
+starts on the first black-box attack (a second or two: it imports torch and the plugin's
+module) and is started again if it dies. ``ARENA_ISOLATE_ATTACKS=0`` runs black-box attacks in
+process instead (for debugging a plugin).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from arena.errors import AttackError, QueryBudgetExceeded
+from arena.model import QueryOracle, seeded
+
+SWITCH = "ARENA_ISOLATE_ATTACKS"
+_lock = threading.Lock()
+_host: "AttackerHost | None" = None
+_owner = 0  # the pid of the process that started _host (a forked child starts its own)
+
+
+def _send(conn: Any, message: Any) -> None:
+    """Plain pickles over the pipe (torch's shared-memory reductions cost a file per tensor, far
+    more than copying a batch of queries)."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn: Any) -> Any:
+    return pickle.loads(conn.recv_bytes())
+
+
+def _array(t: torch.Tensor) -> Any:
+    """A tensor as a numpy array for the pipe (numpy pickles as its bytes; a tensor's storage
+    pickles through torch's serializer, about a millisecond a query)."""
+    return t.detach().cpu().numpy()
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH, "1") not in ("0", "false", "no")
+
+
+class RemoteOracle:
+    """The attacker's side of the oracle: the same calls as :class:`arena.model.QueryOracle`
+    (``oracle(x)``, ``oracle(x, index)``, ``budget``, ``counts``, ``total``, ``output``), each
+    query answered by the harness in another process."""
+
+    __slots__ = ("_conn", "_output", "_budget", "_counts")
+
+    def __init__(self, conn: Any, n: int, output: str, budget: int | None) -> None:
+        self._conn, self._output, self._budget = conn, output, budget
+        self._counts = torch.zeros(n, dtype=torch.long)
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        device = x.device
+        _send(self._conn, ("query", _array(x), None if index is None else _array(index)))
+        kind, value, counts = _recv(self._conn)
+        self._counts = torch.from_numpy(counts)
+        if kind == "refused":
+            raise value
+        return torch.from_numpy(value).to(device)
+
+    @property
+    def output(self) -> str:
+        return self._output
+
+    @property
+    def budget(self) -> int | None:
+        return self._budget
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self._counts.clone()
+
+    @property
+    def total(self) -> int:
+        return int(self._counts.sum())
+
+
+class AttackerHost:
+    """A fresh interpreter that runs black-box attacks against a :class:`RemoteOracle`."""
+
+    def __init__(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_serve, args=(child,), name="arena-attacker", daemon=True)
+        # The attacker waits on the harness for every query: its OpenMP threads must sleep, not
+        # spin on the cores the model's forward passes need.
+        with _environment(OMP_NUM_THREADS="1"):
+            self.process.start()
+        child.close()
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+    def call(self, attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, eps: float | None,
+             seed: int | None) -> Any:
+        """The whole harness call ``attack(model, x, y, eps, seed=seed)`` in the attacker process,
+        which holds ``model`` and nothing else of the caller's; returns the AttackResult."""
+        device = x.device
+        _send(self.conn, ("call", attack, model, x.cpu(), y.cpu(), eps, str(device), seed))
+        kind, value = _recv(self.conn)
+        if kind == "error":
+            raise value
+        for name in ("x_adv", "success", "distance", "queries"):
+            setattr(value, name, getattr(value, name).to(device))
+        return value
+
+    def run(self, attack: Any, oracle: QueryOracle, x: torch.Tensor, y: torch.Tensor, eps: float | None,
+            targets: torch.Tensor | None, seed: int | None) -> Any:
+        """``attack.run(remote oracle, x, y, eps, targets)`` in the attacker process, answering its
+        queries with ``oracle`` here; returns what ``run`` returned."""
+        device = x.device
+        _send(self.conn, ("attack", attack, x.cpu(), y.cpu(), eps, None if targets is None else targets.cpu(),
+                        str(device), seed, oracle.output, oracle.budget))
+        while True:
+            kind, *rest = _recv(self.conn)
+            if kind == "query":
+                qx, index = (None if a is None else torch.from_numpy(a).to(device) for a in rest)
+                try:
+                    answer: tuple = ("answer", _array(oracle(qx, index)))
+                except (QueryBudgetExceeded, ValueError) as exc:
+                    answer = ("refused", exc)
+                _send(self.conn, (*answer, _array(oracle.counts)))
+            elif kind == "done":
+                return _to(rest[0], device)
+            else:
+                raise rest[0]
+
+
+def host() -> AttackerHost:
+    """This process's attacker process, started (again) when needed."""
+    global _host, _owner
+    with _lock:
+        if _owner != os.getpid():  # inherited through fork: the parent's, not ours
+            _host = None
+        if _host is None or not _host.alive():
+            if _host is not None:
+                _host.kill()
+            _host, _owner = AttackerHost(), os.getpid()
+        return _host
+
+
+def _guarded(attack: Any, work: Any) -> Any:
+    """``work(host())``; a dead attacker process fails the attack and is started again next time."""
+    global _host
+    try:
+        return work(host())
+    except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
+        with _lock:
+            if _host is not None:
+                _host.kill()
+                _host = None
+        raise AttackError(f"attack '{attack.id}': its attacker process died ({type(exc).__name__})") from None
+
+
+def run_blackbox(attack: Any, oracle: QueryOracle, x: torch.Tensor, y: torch.Tensor, eps: float | None,
+                 targets: torch.Tensor | None, seed: int | None) -> Any:
+    """Run a black-box attack's ``run`` in the attacker process, answering its queries here."""
+    return _guarded(attack, lambda h: h.run(attack, oracle, x, y, eps, targets, seed))
+
+
+def call_elsewhere(attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, eps: float | None,
+                   seed: int | None) -> Any:
+    """The harness call ``attack(model, x, y, eps, seed=seed)`` in the attacker process, where
+    nothing but ``model`` exists (a gray-box attack on the base classifier)."""
+    return _guarded(attack, lambda h: h.call(attack, model, x, y, eps, seed))
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` set inside the block (a spawned process inherits them)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _to(out: Any, device: torch.device) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.to(device)
+    if hasattr(out, "x_adv"):  # a RunOutput
+        out.x_adv = out.x_adv.to(device)
+        if out.queries is not None:
+            out.queries = out.queries.to(device)
+    return out
+
+
+def _serve(conn: Any) -> None:
+    """The attacker process's loop: one attack at a time, queries through ``conn``."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # its harness handles ^C
+    while True:
+        try:
+            task = _recv(conn)
+        except (EOFError, OSError):
+            return
+        if task[0] == "call":
+            _call(conn, *task[1:])
+            continue
+        _, attack, x, y, eps, targets, device, seed, output, budget = task
+        device = torch.device(device)
+        oracle = RemoteOracle(conn, x.shape[0], output, budget)
+        try:
+            with seeded(seed, device):
+                out = attack.run(oracle, x.to(device), y.to(device), eps,
+                                 None if targets is None else targets.to(device))
+            out = out.cpu() if isinstance(out, torch.Tensor) else _to(out, torch.device("cpu"))
+            _send(conn, ("done", out))
+        except BaseException as exc:  # the plugin's own error, reported by the harness
+            _send(conn, ("error", _portable(exc)))
+
+
+def _call(conn: Any, attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, eps: float | None,
+          device: str, seed: int | None) -> None:
+    try:
+        model = model.to(device)
+        result = attack(model, x.to(device), y.to(device), eps, seed=seed)
+        for name in ("x_adv", "success", "distance", "queries"):
+            setattr(result, name, getattr(result, name).cpu())
+        _send(conn, ("done", result))
+    except BaseException as exc:
+        _send(conn, ("error", _portable(exc)))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return AttackError(f"{type(exc).__name__}: {exc}")
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return AttackError(f"{type(exc).__name__}: {exc}")
