@@ -101,7 +101,8 @@ class ArenaGroup(click.Group):
 
     The plugins load once, when the commands are listed (``arena --help``) or a name that the
     core does not provide is looked up, so ``arena run ...`` never imports them.
-    ``command_owners`` maps each command name to the owner (entry point and distribution) that added it, or :data:`CORE`.
+    ``command_owners`` maps each command name to the owner (entry point and distribution) that
+    added it, or :data:`CORE`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

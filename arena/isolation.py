@@ -54,8 +54,26 @@ def _array(t: torch.Tensor) -> Any:
     return t.detach().cpu().numpy()
 
 
+_forced: list[bool] = []
+
+
 def enabled() -> bool:
+    """Whether black-box and gray-box attacks run in the attacker process: the innermost
+    :func:`setting`, else ``ARENA_ISOLATE_ATTACKS`` (default on)."""
+    if _forced:
+        return _forced[-1]
     return os.environ.get(SWITCH, "1") not in ("0", "false", "no")
+
+
+@contextmanager
+def setting(isolate: bool) -> Iterator[None]:
+    """Isolation on or off inside the block (a tournament task carries its driver's setting to a
+    worker, whose environment may be older)."""
+    _forced.append(isolate)
+    try:
+        yield
+    finally:
+        _forced.pop()
 
 
 class RemoteOracle:

@@ -57,6 +57,7 @@ class MatchSpec:
     timeout: float | None = None
     save_examples: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
+    isolate: bool = True  # black-box and gray-box attacks in the attacker process (arena.isolation)
 
 
 @dataclass
@@ -92,7 +93,7 @@ def run_match(entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
     for eps, served in spec.attack.runs(spec.budgets):
         started, t0 = time.time(), time.perf_counter()
         try:
-            with time_limit(spec.timeout), torch_threads_for(entrant.model):
+            with time_limit(spec.timeout), torch_threads_for(entrant.model), isolation.setting(spec.isolate):
                 out = _attack(entrant, eps, spec, data, device)
             status, error = "ok", None
         except MatchTimeout as exc:
@@ -173,7 +174,7 @@ def craft_transfer(surrogate: Entrant, spec: MatchSpec, data: Split) -> dict[flo
     crafted: dict[float, Any] = {}
     for eps, served in spec.attack.runs(spec.budgets):
         try:
-            with time_limit(spec.timeout):
+            with time_limit(spec.timeout), isolation.setting(spec.isolate):
                 parts = [attack(surrogate.model, data.x[i:i + spec.batch_size].to(device),
                                 data.y[i:i + spec.batch_size].to(device), eps, seed=spec.seed + b)
                          for b, i in enumerate(range(0, len(data), spec.batch_size))]

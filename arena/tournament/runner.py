@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from operator import attrgetter
 
+from arena import isolation
 from arena.model import default_device
 from arena.tournament.entrants import EntrantSpec, Prepared, prepare, providers
 from arena.tournament.executors import InlineExecutor, LocalExecutor, RayExecutor
@@ -192,7 +193,8 @@ class Runner:
                          {"attack_plugin": str(owners.get(("attacks", attack.id), "")),
                           "defense_plugin": str(owners.get(("defenses", self.plan.defense(defense).id), "")),
                           "config_hash": self.plan.digest(), "seed": cfg.seed,
-                          "executor": self.executor.name, "surrogate": attack.view.surrogate, "view": view})
+                          "executor": self.executor.name, "surrogate": attack.view.surrogate, "view": view},
+                         isolate=isolation.enabled())
 
     def _provenance(self) -> dict[str, Any]:
         device = default_device()

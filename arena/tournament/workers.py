@@ -7,11 +7,12 @@ limit, reports a worker that died, and starts a fresh one for the next task.
 
 On Linux a worker is forked from the driver (tens of milliseconds, everything the driver
 imported already there: the plugins, a user's own classes). Where forking is unsafe (another
-system, or CUDA already initialised in the driver) workers come from a multiprocessing
-*forkserver* that imports torch and the installed plugins once. Large arguments (the data, trained entrants) travel once per worker:
-the driver wraps them in :class:`Shared` handles, each worker keeps what it was sent, and a
-task's result can be kept in the worker under a handle the driver names (an entrant built
-there is attacked there without being sent back). Tensors cross the pipe through torch's
+system, CUDA already initialised in the driver, or TensorFlow or JAX loaded there, whose
+threads do not survive a fork) workers come from a multiprocessing *forkserver* that imports
+torch and the installed plugins once. Large arguments (the data, trained entrants) travel once
+per worker: the driver wraps them in :class:`Shared` handles, each worker keeps what it was
+sent, and a task's result can be kept in the worker under a handle the driver names (an entrant
+built there is attacked there without being sent back). Tensors cross the pipe through torch's
 shared-memory reductions.
 """
 from __future__ import annotations
@@ -81,10 +82,15 @@ def _resolve(arg: Any, held: dict[int, Any]) -> Any:
     return held[arg.id] if isinstance(arg, _Ref) else arg
 
 
+# Runtimes whose threads and state do not survive a fork (a forked child that uses them hangs).
+FORK_UNSAFE = ("tensorflow", "jax")
+
+
 def _context() -> Any:
     import torch
 
-    if sys.platform == "linux" and not torch.cuda.is_initialized():
+    if sys.platform == "linux" and not torch.cuda.is_initialized() and \
+            not any(name in sys.modules for name in FORK_UNSAFE):
         return mp.get_context("fork")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([PRELOAD])
@@ -96,7 +102,9 @@ class Worker:
 
     def __init__(self, ctx: Any) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_serve, args=(child,), daemon=True)
+        # The child closes the driver's end it inherits when forked, so that it sees the end of
+        # the pipe (and exits) when the driver dies.
+        self.process = ctx.Process(target=_serve, args=(child, self.conn), daemon=True)
         self.process.start()
         child.close()
         self.held: set[int] = set()
@@ -124,7 +132,6 @@ class WorkerPool:
     holds more than ``max_rss`` bytes after a task (memory a plugin kept)."""
 
     def __init__(self, max_rss: int | None = 8 << 30) -> None:
-        self.ctx = _context()
         self.max_rss = max_rss
         self.worker: Worker | None = None
         self.started = 0
@@ -135,7 +142,7 @@ class WorkerPool:
             if self.worker is None or not self.worker.alive():
                 if self.worker is not None:
                     self.worker.kill()
-                self.worker = Worker(self.ctx)
+                self.worker = Worker(_context())  # decided anew: the driver may have loaded TensorFlow since
                 self.started += 1
             return self.worker
 
@@ -212,8 +219,10 @@ def _describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
-def _serve(conn: Any) -> None:
+def _serve(conn: Any, driver_end: Any = None) -> None:
     """The worker's loop: run each task sent, answer ("ok", result) or ("error", exception)."""
+    if driver_end is not None:
+        driver_end.close()
     mp.current_process().daemon = False  # a worker may start an attacker process (arena.isolation)
     faulthandler.disable()  # a crashing plugin is reported by the driver, not dumped by a handler it inherited
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles ^C and ends its workers
