@@ -135,6 +135,7 @@ class WorkerPool:
         self.max_rss = max_rss
         self.worker: Worker | None = None
         self.started = 0
+        self.busy = False  # a task is in flight (close() then kills the worker at once)
         self._lock = threading.Lock()
 
     def _worker(self) -> Worker:
@@ -153,6 +154,7 @@ class WorkerPool:
         hold them yet; ``keep = (handle, part)`` keeps ``part(result)`` in the worker under that
         handle. Past ``timeout`` seconds the worker is killed and :class:`WorkerFailed` raised."""
         worker = self._worker()
+        self.busy = True
         sends: dict[int, Any] = {}
         plain = tuple(_refs(arg, worker.held, sends) for arg in args)
         try:
@@ -182,6 +184,7 @@ class WorkerPool:
         except (EOFError, OSError):
             code = self._lost(worker)
             raise WorkerFailed(f"the worker process died ({_describe_exit(code)})") from None
+        self.busy = False
         if self.max_rss is not None and worker.rss_bytes() > self.max_rss:
             self._lost(worker)  # memory a plugin kept is given back with the process
         if status == "ok":
@@ -198,14 +201,16 @@ class WorkerPool:
             self._close()
 
     def _close(self) -> None:
-        if self.worker is not None:
+        if self.worker is None:
+            return
+        if not self.busy:  # an idle worker ends itself; one interrupted in a task is killed at once
             try:
                 self.worker.conn.send(None)
                 self.worker.process.join(2)
             except (BrokenPipeError, OSError):
                 pass
-            self.worker.kill()
-            self.worker = None
+        self.worker.kill()
+        self.worker = None
 
 
 def _describe_exit(code: int | None) -> str:
