@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from arena.errors import AttackError, QueryBudgetExceeded
-from arena.model import QueryOracle, seeded
+from arena.model import OracleView, QueryLedger, QueryOracle, seeded
+from arena.processes import Worker, portable
 
 SWITCH = "ARENA_ISOLATE_ATTACKS"
 _lock = threading.Lock()
@@ -76,64 +77,42 @@ def setting(isolate: bool) -> Iterator[None]:
         _forced.pop()
 
 
-class RemoteOracle:
+class RemoteOracle(OracleView):
     """The attacker's side of the oracle: the same calls as :class:`arena.model.QueryOracle`
     (``oracle(x)``, ``oracle(x, index)``, ``budget``, ``counts``, ``total``, ``output``), each
-    query answered by the harness in another process."""
+    query answered by the harness in another process; the counts read here mirror the
+    harness's ledger."""
 
-    __slots__ = ("_conn", "_output", "_budget", "_counts")
+    __slots__ = ("_conn",)
 
     def __init__(self, conn: Any, n: int, output: str, budget: int | None) -> None:
-        self._conn, self._output, self._budget = conn, output, budget
-        self._counts = torch.zeros(n, dtype=torch.long)
+        self._conn, self._output, self._ledger = conn, output, QueryLedger(n, budget)
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         device = x.device
         _send(self._conn, ("query", _array(x), None if index is None else _array(index)))
         kind, value, counts = _recv(self._conn)
-        self._counts = torch.from_numpy(counts)
+        self._ledger._counts = torch.from_numpy(counts)  # the mirror follows the harness's ledger
         if kind == "refused":
             raise value
         return torch.from_numpy(value).to(device)
-
-    @property
-    def output(self) -> str:
-        return self._output
-
-    @property
-    def budget(self) -> int | None:
-        return self._budget
-
-    @property
-    def counts(self) -> torch.Tensor:
-        return self._counts.clone()
-
-    @property
-    def total(self) -> int:
-        return int(self._counts.sum())
 
 
 class AttackerHost:
     """A fresh interpreter that runs black-box attacks against a :class:`RemoteOracle`."""
 
     def __init__(self) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_serve, args=(child,), name="arena-attacker", daemon=True)
-        # The attacker waits on the harness for every query: its OpenMP threads must sleep, not
-        # spin on the cores the model's forward passes need.
+        # The attacker waits on the harness for every query: one thread, so that it never spins
+        # on the cores the model's forward passes need.
         with _environment(OMP_NUM_THREADS="1"):
-            self.process.start()
-        child.close()
+            self.worker = Worker(mp.get_context("spawn"), target=_serve, name="arena-attacker")
+        self.conn = self.worker.conn
 
     def alive(self) -> bool:
-        return self.process.is_alive()
+        return self.worker.alive()
 
     def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(5)
-        self.conn.close()
+        self.worker.kill()
 
     def call(self, attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, eps: float | None,
              seed: int | None) -> Any:
@@ -234,10 +213,12 @@ def _to(out: Any, device: torch.device) -> Any:
     return out
 
 
-def _serve(conn: Any) -> None:
+def _serve(conn: Any, harness_end: Any = None) -> None:
     """The attacker process's loop: one attack at a time, queries through ``conn``."""
     import signal
 
+    if harness_end is not None:
+        harness_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its harness handles ^C
     while True:
         try:
@@ -257,7 +238,7 @@ def _serve(conn: Any) -> None:
             out = out.cpu() if isinstance(out, torch.Tensor) else _to(out, torch.device("cpu"))
             _send(conn, ("done", out))
         except BaseException as exc:  # the plugin's own error, reported by the harness
-            _send(conn, ("error", _portable(exc)))
+            _send(conn, ("error", portable(exc, AttackError)))
 
 
 def _call(conn: Any, attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, eps: float | None,
@@ -269,14 +250,4 @@ def _call(conn: Any, attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, 
             setattr(result, name, getattr(result, name).cpu())
         _send(conn, ("done", result))
     except BaseException as exc:
-        _send(conn, ("error", _portable(exc)))
-
-
-def _portable(exc: BaseException) -> BaseException:
-    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-        return AttackError(f"{type(exc).__name__}: {exc}")
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return AttackError(f"{type(exc).__name__}: {exc}")
+        _send(conn, ("error", portable(exc, AttackError)))

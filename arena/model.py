@@ -149,7 +149,34 @@ class QueryLedger:
         return index.long()
 
 
-class QueryOracle:
+class OracleView:
+    """What an attack can read of its oracle: ``output``, ``budget``, ``counts`` (a copy) and
+    ``total``, from the ledger behind it (the harness's own, or a mirror of it)."""
+
+    __slots__ = ("_ledger", "_output")
+
+    @property
+    def output(self) -> str:
+        """``"labels"`` or ``"scores"``."""
+        return self._output
+
+    @property
+    def budget(self) -> int | None:
+        """Queries allowed per sample (``None``: unlimited)."""
+        return self._ledger.budget
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """Queries spent on each attacked sample so far (a copy: changing it changes nothing)."""
+        return self._ledger.counts
+
+    @property
+    def total(self) -> int:
+        """All queries so far."""
+        return self._ledger.total
+
+
+class QueryOracle(OracleView):
     """Black-box access to a model: labels or scores only, every query counted.
 
     The oracle answers under ``torch.no_grad`` with detached tensors, so no gradient can flow
@@ -160,7 +187,7 @@ class QueryOracle:
     ``total``, ``budget`` and ``output`` are read-only, and the oracle takes no new attributes.
     """
 
-    __slots__ = ("_forward", "_ledger", "_output")
+    __slots__ = ("_forward",)
 
     def __init__(
         self,
@@ -205,26 +232,6 @@ class QueryOracle:
         if self._output == "labels":
             return logits.argmax(dim=1)
         return logits.softmax(dim=1)
-
-    @property
-    def output(self) -> str:
-        """``"labels"`` or ``"scores"``."""
-        return self._output
-
-    @property
-    def budget(self) -> int | None:
-        """Queries allowed per sample (``None``: unlimited)."""
-        return self._ledger.budget
-
-    @property
-    def counts(self) -> torch.Tensor:
-        """Queries spent on each attacked sample so far (a copy: changing it changes nothing)."""
-        return self._ledger.counts
-
-    @property
-    def total(self) -> int:
-        """All queries so far."""
-        return self._ledger.total
 
 
 class Architecture(Plugin):

@@ -20,31 +20,17 @@ from __future__ import annotations
 import faulthandler
 import itertools
 import multiprocessing as mp
-import os
 import signal
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from arena.errors import ArenaError
+from arena.processes import Worker, WorkerFailed, portable
 
 PRELOAD = "arena.tournament.preload"
 _handles = itertools.count(1)
-
-
-class WorkerFailed(ArenaError):
-    """A task's worker process died or was killed; the message says how. ``timed_out``: killed
-    at the task's hard time limit."""
-
-    def __init__(self, message: str, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.timed_out = timed_out
-
-    def __reduce__(self) -> tuple:
-        return (WorkerFailed, (str(self), self.timed_out))
 
 
 @dataclass(frozen=True)
@@ -97,36 +83,6 @@ def _context() -> Any:
     return ctx
 
 
-class Worker:
-    """One worker process and its end of the pipe; ``held`` are the handles it has."""
-
-    def __init__(self, ctx: Any) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        # The child closes the driver's end it inherits when forked, so that it sees the end of
-        # the pipe (and exits) when the driver dies.
-        self.process = ctx.Process(target=_serve, args=(child, self.conn), daemon=True)
-        self.process.start()
-        child.close()
-        self.held: set[int] = set()
-
-    def alive(self) -> bool:
-        return self.process.is_alive()
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(5)
-        self.conn.close()
-
-    def rss_bytes(self) -> int:
-        """Resident memory of the worker (0 where /proc is not there)."""
-        try:
-            with open(f"/proc/{self.process.pid}/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return 0
-
-
 class WorkerPool:
     """Runs tasks one at a time in a worker process, replacing it when it dies, is killed, or
     holds more than ``max_rss`` bytes after a task (memory a plugin kept)."""
@@ -143,7 +99,7 @@ class WorkerPool:
             if self.worker is None or not self.worker.alive():
                 if self.worker is not None:
                     self.worker.kill()
-                self.worker = Worker(_context())  # decided anew: the driver may have loaded TensorFlow since
+                self.worker = Worker(_context(), _serve)  # decided anew: the driver may have loaded TensorFlow since
                 self.started += 1
             return self.worker
 
@@ -248,23 +204,9 @@ def _serve(conn: Any, driver_end: Any = None) -> None:
                 held[keep[0]] = keep[1](result)
             answer: tuple[str, Any] = ("ok", result)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt of a plugin included
-            answer = ("error", _portable(exc))
+            answer = ("error", portable(exc))
         try:
             conn.send(answer)
         except Exception as exc:  # a result that cannot be pickled fails its task, not the worker
             conn.send(("error", WorkerFailed(f"the task's result could not be sent back: "
                                              f"{type(exc).__name__}: {exc}")))
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it pickles, else a WorkerFailed with its text (and never SystemExit itself)."""
-    import pickle
-
-    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-        return WorkerFailed(f"{type(exc).__name__}: {exc}".rstrip(": "))
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return WorkerFailed(last)
