@@ -390,7 +390,7 @@ def tournament(tmp_path: Path) -> Path:
 
 def _unwritable() -> str:
     """A folder no one can create, root included."""
-    return "/sys/h4_arena_site" if Path("/sys").is_dir() else "/proc/h4_arena_site"
+    return "/sys/arena_site" if Path("/sys").is_dir() else "/proc/arena_site"
 
 
 
@@ -436,7 +436,7 @@ FLAGS = [
                  id="publish-missing-db"),
     pytest.param(["publish", "{db}"], ["Missing argument 'DIRECTORY'"], id="publish-no-directory"),
     pytest.param(["publish", "{db}", "{db}"], ["'DIRECTORY'", "is a file"], id="publish-into-a-file"),
-    pytest.param(["publish", "{db}", "{unwritable}"], ["h4_arena_site"], id="publish-unwritable"),
+    pytest.param(["publish", "{db}", "{unwritable}"], ["arena_site"], id="publish-unwritable"),
     pytest.param(["publish", "{db}", "{tmp}/a-file/site"], ["a-file"], id="publish-under-a-file"),
     pytest.param(["publish", "{db}", "{tmp}/someone-elses"], ["someone-elses", "holds no arena site"],
                  id="publish-foreign-folder"),

@@ -315,7 +315,7 @@ def test_publishing_where_nothing_can_be_written_is_a_one_line_error(timed_out, 
 def test_publishing_into_a_folder_no_one_may_create_is_a_one_line_error(timed_out):
     from pathlib import Path
 
-    where = Path("/sys/h3_arena_site" if Path("/sys").is_dir() else "/proc/h3_arena_site")  # root included
+    where = Path("/sys/arena_site" if Path("/sys").is_dir() else "/proc/arena_site")  # root included
     with pytest.raises(arena.ConfigError, match=rf"^{re.escape(str(where))}: cannot write the site there: "):
         _publish(timed_out, where)
 
