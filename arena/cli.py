@@ -245,24 +245,31 @@ def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str 
 
 def _run_tournament(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None,
                     resume: bool, cache_dir: Path, quiet: bool, started: list[Any]) -> tuple[int, Any]:
+    if executor == "local":  # the workers' forkserver imports torch while this process does too
+        from arena.tournament.workers import warm_up
+
+        warm_up()
     from arena.tournament.executors import make_executor
     from arena.tournament.plan import load_tournament
     from arena.tournament.runner import Runner
     from arena.tournament.store import Store
 
-    plan = load_tournament(file, obj.registry)
-    db = db or Path("results") / f"{file.stem}.db"
-    store = Store.open_existing(db) if resume else Store(db)
-    progress = not quiet and sys.stderr.isatty()
-    resources = plan.config.resources
-    pool = make_executor(executor, address, resources.num_cpus, resources.num_gpus)
+    pool = make_executor(executor) if executor != "ray" else None
     try:
+        plan = load_tournament(file, obj.registry)
+        db = db or Path("results") / f"{file.stem}.db"
+        store = Store.open_existing(db) if resume else Store(db)
+        progress = not quiet and sys.stderr.isatty()
+        if pool is None:
+            resources = plan.config.resources
+            pool = make_executor(executor, address, resources.num_cpus, resources.num_gpus)
         runner = Runner(plan, store, cache_dir=cache_dir, progress=progress, executor=pool,
                         source=str(file), source_text=file.read_text(encoding="utf-8"))
         started.append(runner)
         return runner.run(resume=resume), store
     finally:
-        pool.close()
+        if pool is not None:
+            pool.close()
 
 
 def _report(store: Any, run_id: int, fmt: str) -> None:

@@ -260,3 +260,20 @@ def test_a_gray_box_attack_runs_where_the_defense_does_not_exist(tmp_path, monke
 
 def _register_snoops(register):
     register(SnoopsGrayBox)
+
+
+def test_workers_run_after_the_driver_used_threads(tmp_path):
+    """With two OpenMP threads the driver's thread pool is up before the first worker starts;
+    a worker forked from the driver then hung in its first convolution (seen with `make demo`).
+    Workers come from a forkserver: the run finishes."""
+    import subprocess
+
+    (tmp_path / "t.toml").write_text(
+        'name = "threads"\ndataset = "digits"\narchitecture = "digits-cnn"\nsamples = 20\n'
+        '[training]\nepochs = 1\n[[defenses]]\nid = "standard"\n'
+        '[[attacks]]\nid = "fgsm"\nbudgets = [0.1]\n')
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    run = subprocess.run([sys.executable, "-c", "from arena.cli import main; main()", "run", str(tmp_path / "t.toml"),
+                          "--db", str(tmp_path / "t.db"), "--cache-dir", str(tmp_path / "c"), "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=180)
+    assert run.returncode == 0, run.stderr[-500:]

@@ -1,5 +1,27 @@
-"""Tournaments: a TOML file of defenses and attacks, resolved into a plan, expanded into matches and run."""
-from arena.tournament.config import TournamentConfig
-from arena.tournament.plan import Plan, load_tournament, parse_tournament
+"""Tournaments: a TOML file of defenses and attacks, resolved into a plan, expanded into matches and run.
+
+Importing the package is cheap (the CLI starts the worker processes' forkserver before it
+imports torch): ``Plan``, ``TournamentConfig``, ``load_tournament`` and ``parse_tournament`` are
+imported on first access.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from arena.tournament.config import TournamentConfig
+    from arena.tournament.plan import Plan, load_tournament, parse_tournament
+
+_LAZY = {"TournamentConfig": "arena.tournament.config", "Plan": "arena.tournament.plan",
+         "load_tournament": "arena.tournament.plan", "parse_tournament": "arena.tournament.plan"}
 
 __all__ = ["Plan", "TournamentConfig", "load_tournament", "parse_tournament"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'arena.tournament' has no attribute '{name}'")

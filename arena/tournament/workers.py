@@ -5,15 +5,14 @@ exception, ``sys.exit``, ``os._exit``, a segfault, running out of memory or igno
 limit fails that task only. The driver kills a worker that runs past the task's hard time
 limit, reports a worker that died, and starts a fresh one for the next task.
 
-On Linux a worker is forked from the driver (tens of milliseconds, everything the driver
-imported already there: the plugins, a user's own classes). Where forking is unsafe (another
-system, CUDA already initialised in the driver, or TensorFlow or JAX loaded there, whose
-threads do not survive a fork) workers come from a multiprocessing *forkserver* that imports
-torch and the installed plugins once. Large arguments (the data, trained entrants) travel once
-per worker: the driver wraps them in :class:`Shared` handles, each worker keeps what it was
-sent, and a task's result can be kept in the worker under a handle the driver names (an entrant
-built there is attacked there without being sent back). Tensors cross the pipe through torch's
-shared-memory reductions.
+Workers are forked from a multiprocessing *forkserver* that imports torch and the installed
+plugins once, when the pool is made (in parallel with the driver's own start), so a new worker
+starts in tens of milliseconds with no thread pool, CUDA or TensorFlow state of the driver's. A
+script that runs a tournament needs the usual ``if __name__ == "__main__":`` guard. Large
+arguments (the data, trained entrants) travel once per worker: the driver wraps them in
+:class:`Shared` handles, each worker keeps what it was sent, and a task's result can be kept in
+the worker under a handle the driver names (an entrant built there is attacked there without
+being sent back). Tensors cross the pipe through torch's shared-memory reductions.
 """
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ import faulthandler
 import itertools
 import multiprocessing as mp
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -68,16 +66,22 @@ def _resolve(arg: Any, held: dict[int, Any]) -> Any:
     return held[arg.id] if isinstance(arg, _Ref) else arg
 
 
-# Runtimes whose threads and state do not survive a fork (a forked child that uses them hangs).
-FORK_UNSAFE = ("tensorflow", "jax")
+def warm_up() -> Any:
+    """Start the forkserver now (it imports torch and the plugins in the background) and return
+    its context; cheap, and done before the driver imports torch itself, the two imports run side
+    by side."""
+    from multiprocessing import forkserver
+
+    ctx = _context()
+    forkserver.ensure_running()
+    return ctx
 
 
 def _context() -> Any:
-    import torch
-
-    if sys.platform == "linux" and not torch.cuda.is_initialized() and \
-            not any(name in sys.modules for name in FORK_UNSAFE):
-        return mp.get_context("fork")
+    """Workers come from a forkserver: a process that imported torch and the plugins before any
+    thread pool, CUDA context or TensorFlow runtime existed, forked for each new worker. (A worker
+    forked from the driver itself hangs in its first parallel torch operation once the driver has
+    used OpenMP threads, and in TensorFlow once the driver has loaded it.)"""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([PRELOAD])
     return ctx
@@ -89,6 +93,7 @@ class WorkerPool:
 
     def __init__(self, max_rss: int | None = 8 << 30) -> None:
         self.max_rss = max_rss
+        self.ctx = warm_up()
         self.worker: Worker | None = None
         self.started = 0
         self.busy = False  # a task is in flight (close() then kills the worker at once)
@@ -99,7 +104,7 @@ class WorkerPool:
             if self.worker is None or not self.worker.alive():
                 if self.worker is not None:
                     self.worker.kill()
-                self.worker = Worker(_context(), _serve)  # decided anew: the driver may have loaded TensorFlow since
+                self.worker = Worker(self.ctx, _serve)
                 self.started += 1
             return self.worker
 
