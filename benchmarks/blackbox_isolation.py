@@ -59,8 +59,8 @@ def main() -> None:
         success = [float(results[k].success.float().mean()) for k in (False, True)]
         print(f"{name} ({args.samples} samples, {args.threads} threads, {args.repeats} repeats, "
               f"mean queries {float(results[True].queries.float().mean()):.0f})")
-        print(f"  in process       " + "  ".join(f"{t:6.2f}" for t in times[False]) + f"   median {inproc:6.2f} s")
-        print(f"  attacker process " + "  ".join(f"{t:6.2f}" for t in times[True]) + f"   median {remote:6.2f} s")
+        print("  in process       " + "  ".join(f"{t:6.2f}" for t in times[False]) + f"   median {inproc:6.2f} s")
+        print("  attacker process " + "  ".join(f"{t:6.2f}" for t in times[True]) + f"   median {remote:6.2f} s")
         print(f"  ratio {remote / inproc:.3f}; success {success[0]:.3f} / {success[1]:.3f}; identical examples "
               f"and queries: {same}")
 
