@@ -5,10 +5,10 @@ Importing ``arena`` is cheap (the ``arena`` command imports it for ``--help``): 
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from arena.hookspecs import hookimpl
+from arena.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from arena.errors import ArenaError, AttackError, ConfigError, PluginError, QueryBudgetExceeded
@@ -39,13 +39,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``arena.ConfigError``, ``arena.load_plugins``...: imported when first asked for."""
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'arena' has no attribute '{name}'")
+__getattr__ = lazy_attributes(globals(), _LAZY)
 
 
 def __dir__() -> list[str]:

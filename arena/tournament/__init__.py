@@ -6,8 +6,9 @@ imported on first access.
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from arena.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from arena.tournament.config import TournamentConfig
@@ -19,9 +20,4 @@ _LAZY = {"TournamentConfig": "arena.tournament.config", "Plan": "arena.tournamen
 __all__ = ["Plan", "TournamentConfig", "load_tournament", "parse_tournament"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'arena.tournament' has no attribute '{name}'")
+__getattr__ = lazy_attributes(globals(), _LAZY)
