@@ -132,15 +132,7 @@ class Runner:
                     spec = self._spec(attack, budgets, label)
                     jobs.append(((label, attack), (self.shared[label], spec, evaluation), _limit(spec)))
         for (label, attack), outcome in self.executor.map(run_match, jobs):
-            self.bar.set_description(f"{attack.label} vs {label}")
-            self.bar.update()
-            if isinstance(outcome, MatchOutcome):
-                for row in outcome.rows:
-                    self.store.save_match(self.run_id, row)
-                if outcome.examples is not None:
-                    self.store.save_examples(self.run_id, label, attack.label, outcome.examples)
-            else:
-                self._crashed(label, attack, todo, outcome)
+            self._store_outcome(label, attack, todo, outcome)
 
     def _run_transfers(self, todo: Todo, evaluation: Any) -> None:
         """Transfer attacks: examples crafted once per (surrogate, attack), judged on every defense."""
@@ -167,13 +159,19 @@ class Runner:
                 spec = self._spec(attack, budgets, label)
                 scoring.append(((label, attack), (self.shared[label], spec, crafted, evaluation), _limit(spec)))
             for (label, _), outcome in self.executor.map(score_transfer, scoring):
-                self.bar.set_description(f"{name} vs {label}")
-                self.bar.update()
-                if isinstance(outcome, MatchOutcome):
-                    for row in outcome.rows:
-                        self.store.save_match(self.run_id, row)
-                else:
-                    self._crashed(label, attack, todo, outcome)
+                self._store_outcome(label, attack, todo, outcome)
+
+    def _store_outcome(self, label: str, attack: AttackPlan, todo: Todo, outcome: Any) -> None:
+        """A finished match's rows (and examples), or failed rows where its task raised or died."""
+        self.bar.set_description(f"{attack.label} vs {label}")
+        self.bar.update()
+        if not isinstance(outcome, MatchOutcome):
+            self._crashed(label, attack, todo, outcome)
+            return
+        for row in outcome.rows:
+            self.store.save_match(self.run_id, row)
+        if outcome.examples is not None:
+            self.store.save_examples(self.run_id, label, attack.label, outcome.examples)
 
     def _crashed(self, label: str, attack: AttackPlan, todo: Todo, exc: BaseException) -> None:
         budgets = next(b for a, b in todo[label] if a is attack)
