@@ -18,6 +18,7 @@ class Norm(str, Enum):
     """Perturbation norms, measured in [0, 1] pixel space over all input features."""
 
     L0 = "l0"
+    L1 = "l1"
     L2 = "l2"
     LINF = "linf"
 
@@ -26,6 +27,8 @@ class Norm(str, Enum):
         flat = delta.flatten(1)
         if self is Norm.L0:
             return (flat != 0).sum(dim=1).to(delta.dtype)
+        if self is Norm.L1:
+            return flat.abs().sum(dim=1)
         if self is Norm.L2:
             return flat.norm(p=2, dim=1)
         return flat.abs().amax(dim=1)
@@ -34,7 +37,8 @@ class Norm(str, Enum):
         """Project each sample's perturbation onto the ε-ball of this norm.
 
         ``eps`` is a scalar or a per-sample tensor of shape ``(N,)``. For L0 the ε largest
-        components (by magnitude) are kept and the rest zeroed.
+        components (by magnitude) are kept and the rest zeroed; for L1 the projection is the exact
+        Euclidean one (soft thresholding, :func:`project_l1`).
         """
         n = delta.shape[0]
         eps_t = torch.as_tensor(eps, dtype=delta.dtype, device=delta.device).expand(n)
@@ -46,6 +50,8 @@ class Norm(str, Enum):
             norms = self.measure(delta)
             factor = torch.where(norms > eps_t, eps_t / norms.clamp_min(1e-12), torch.ones_like(norms))
             return delta * factor.view(view)
+        if self is Norm.L1:
+            return project_l1(delta, eps_t)
         return _project_l0(delta, eps_t)
 
 
@@ -73,9 +79,67 @@ def within(distance: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _l2_or_linf(norm: Norm) -> Norm:
-    if norm is Norm.L0:
+    if norm not in (Norm.L2, Norm.LINF):
         raise ValueError("this attack is defined in 'l2' and 'linf' only")
     return norm
+
+
+def _lp(norm: Norm) -> Norm:
+    if norm is Norm.L0:
+        raise ValueError("this attack is defined in 'l1', 'l2' and 'linf' only")
+    return norm
+
+
+L1L2OrLinf = Annotated[Norm, AfterValidator(_lp)]
+"""The type of a config's ``norm`` field for attacks defined in L1, L2 and L∞ (APGD, FAB)."""
+
+
+def project_l1(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """The Euclidean projection of each sample's ``delta`` onto the L1 ball of radius ``eps``
+    (scalar or ``(N,)``): soft thresholding at the one τ ≥ 0 with ‖max(|δ| − τ, 0)‖₁ = ε
+    (Duchi et al., 2008, by sorting); samples already inside are returned unchanged."""
+    n = delta.shape[0]
+    flat = delta.flatten(1)
+    eps_t = torch.as_tensor(eps, dtype=flat.dtype, device=flat.device).expand(n)
+    mag = flat.abs()
+    outside = mag.sum(dim=1) > eps_t
+    if not bool(outside.any()):
+        return delta.clone()
+    srt = mag[outside].sort(dim=1, descending=True).values
+    cums = srt.cumsum(dim=1) - eps_t[outside].unsqueeze(1)
+    ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    cond = srt - cums / ks > 0
+    rho = cond.to(torch.long).cumsum(dim=1).argmax(dim=1)  # the last index where cond holds
+    tau = (cums.gather(1, rho.unsqueeze(1)) / (rho + 1).to(flat.dtype).unsqueeze(1)).clamp_min(0)
+    out = flat.clone()
+    out[outside] = flat[outside].sign() * (mag[outside] - tau).clamp_min(0)
+    return out.view_as(delta)
+
+
+def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor,
+                   iterations: int = 40) -> torch.Tensor:
+    """The Euclidean projection of ``delta`` onto {δ : ‖δ‖₁ ≤ ε, 0 ≤ x + δ ≤ 1}, exactly up to
+    bisection on the threshold (``iterations`` halvings of [0, max|δ|]): the minimiser is
+    clip(soft(δ, τ), −x, 1 − x) with the smallest τ ≥ 0 that brings its L1 norm within ε,
+    because the box and the soft threshold act coordinate-wise (KKT of the joint problem)."""
+    n = delta.shape[0]
+    flat, base = delta.flatten(1), x.flatten(1)
+    lo_box, hi_box = -base, 1 - base
+    eps_t = torch.as_tensor(eps, dtype=flat.dtype, device=flat.device).expand(n).unsqueeze(1)
+
+    def shrink(tau: torch.Tensor) -> torch.Tensor:
+        soft = flat.sign() * (flat.abs() - tau).clamp_min(0)
+        return torch.maximum(torch.minimum(soft, hi_box), lo_box)
+
+    inside = shrink(torch.zeros_like(eps_t)).abs().sum(dim=1, keepdim=True) <= eps_t
+    lo = torch.zeros_like(eps_t)
+    hi = flat.abs().amax(dim=1, keepdim=True)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        over = shrink(mid).abs().sum(dim=1, keepdim=True) > eps_t
+        lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
+    tau = torch.where(inside, torch.zeros_like(hi), hi)  # hi: always within ε
+    return shrink(tau).view_as(delta)
 
 
 L2OrLinf = Annotated[Norm, AfterValidator(_l2_or_linf)]

@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 
 class AttackContract:
     """What every attack plugin must satisfy. Set ``attack_id``; optionally ``params``, ``eps``
-    (default by norm: L∞ 0.3, L2 2.0, L0 12), ``min_drop`` (accuracy points it must remove),
+    (default by norm: L∞ 0.3, L2 2.0, L1 8, L0 12), ``min_drop`` (accuracy points it must remove),
     ``samples``, and ``against``: a defense (an id or ``{"id", "params"}``) whose defended model
     is attacked, with the defense as the attack's context (an attack that evades a detector)."""
 

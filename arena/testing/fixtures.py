@@ -18,7 +18,7 @@ from arena.registry import Registry, default_registry
 from arena.threat import Norm
 from arena.training import accuracy, fit
 
-DEFAULT_EPS = {Norm.LINF: 0.3, Norm.L2: 2.0, Norm.L0: 12.0}
+DEFAULT_EPS = {Norm.LINF: 0.3, Norm.L2: 2.0, Norm.L1: 8.0, Norm.L0: 12.0}
 #: The short training schedule of training-time defenses under the suites.
 QUICK: dict[str, Any] = {"epochs": 5, "batch_size": 32, "lr": 3e-3}
 

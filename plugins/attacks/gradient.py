@@ -11,6 +11,7 @@ from arena import hookimpl
 from arena.attack import FixedBudgetAttack, RunOutput
 from arena.plugin import PluginConfig
 from arena.threat import L2OrLinf, Norm
+from arena_builtins.attacks.losses import Loss, attack_loss
 
 
 def loss_gradient(model, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -19,15 +20,17 @@ def loss_gradient(model, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor
 
 
 def logits_and_gradient(model, x: torch.Tensor, y: torch.Tensor,
-                        targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits at ``x`` (detached) and the gradient of the attacker's objective."""
+                        targets: torch.Tensor | None, loss: str = "ce") -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits at ``x`` (detached) and the gradient of the attacker's objective
+    (``loss``: ce, margin or dlr; :mod:`arena_builtins.attacks.losses`)."""
     x = x.detach().requires_grad_(True)
     logits = model(x)
-    if targets is None:
-        loss = F.cross_entropy(logits, y, reduction="sum")
+    if loss == "ce":  # the common case, without the per-sample detour
+        value = (F.cross_entropy(logits, y, reduction="sum") if targets is None
+                 else -F.cross_entropy(logits, targets, reduction="sum"))
     else:
-        loss = -F.cross_entropy(logits, targets, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
+        value = attack_loss(logits, y, targets, loss).sum()
+    (grad,) = torch.autograd.grad(value, x)
     return logits.detach(), grad
 
 
@@ -75,6 +78,9 @@ class PGDConfig(PluginConfig):
     rel_step_size: float = Field(2.5 / 40, gt=0)
     random_start: bool = True
     restarts: int = Field(1, ge=1)
+    loss: Loss = Field("ce", description="the objective: ce (cross-entropy), margin (C&W's "
+                       "logit margin) or dlr (Croce & Hein's scale-invariant logit ratio); "
+                       "targeted runs use each one's targeted form")
     early_stop: bool = Field(True, description="a sample leaves the batch at its first "
                              "adversarial iterate and keeps it (off: every sample runs all steps)")
 
@@ -83,7 +89,10 @@ class PGD(FixedBudgetAttack):
     """Projected Gradient Descent (Madry et al., 2018) in L∞ or L2, with random start and
     restarts; a sample keeps the first restart that fools the model, and later restarts only
     run on the samples not fooled yet. Seed 000 Table II runs it with a random start, ε-iter
-    0.01 and 1,000 iterations (``steps=1000, step_size=0.01``).
+    0.01 and 1,000 iterations (``steps=1000, step_size=0.01``). ``loss`` picks the objective:
+    cross-entropy (Madry et al.), the C&W margin (Carlini & Wagner, 2017, §V, f6 on logits) or
+    DLR (Croce & Hein, 2020, Eq. 5, and Eq. 6 when targeted); each has a targeted form, used
+    when the caller gives targets.
 
     Speed: each step is one forward and one backward pass over the samples still being
     attacked. The forward pass that feeds the gradient also tells which iterates already fool
@@ -136,7 +145,7 @@ class PGD(FixedBudgetAttack):
                 with torch.no_grad():
                     logits = model(cur)
             else:
-                logits, grad = logits_and_gradient(model, cur, yy, tt)
+                logits, grad = logits_and_gradient(model, cur, yy, tt, cfg.loss)
             used[rows] += 1
             if early_stop or step == cfg.steps:
                 pred = logits.argmax(dim=1)

@@ -16,6 +16,7 @@ from arena.attack import FixedBudgetAttack, MinimalAttack, RunOutput
 from arena.plugin import PluginConfig
 from arena.threat import L2OrLinf, Norm
 from arena_builtins.attacks.gradient import PGD, loss_gradient, steepest_step
+from arena_builtins.attacks.losses import Loss
 
 # Largest number of input elements (candidates × features) evaluated in one forward pass.
 _CANDIDATE_BUDGET = 1 << 22
@@ -25,6 +26,7 @@ class BIMConfig(PluginConfig):
     norm: L2OrLinf = Norm.LINF
     steps: int = Field(10, ge=1, description="iterations (seed 003 Table 5: 10)")
     step_size: float | None = Field(None, gt=0, description="absolute step α; default ε / steps")
+    loss: Loss = Field("ce", description="the objective, as PGD's: ce, margin or dlr")
     early_stop: bool = Field(True, description="as PGD's: a sample stops at its first adversarial iterate")
 
 
@@ -45,7 +47,7 @@ class BIM(FixedBudgetAttack):
         cfg = self.config
         step = cfg.step_size if cfg.step_size is not None else eps / cfg.steps
         pgd = PGD(norm=cfg.norm, steps=cfg.steps, step_size=step, random_start=False, restarts=1,
-                  early_stop=cfg.early_stop)
+                  early_stop=cfg.early_stop, loss=cfg.loss)
         return pgd.run(model, x, y, eps, targets)
 
 
