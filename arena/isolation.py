@@ -115,11 +115,12 @@ class AttackerHost:
         self.worker.kill()
 
     def call(self, attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, eps: float | None,
-             seed: int | None) -> Any:
-        """The whole harness call ``attack(model, x, y, eps, seed=seed)`` in the attacker process,
-        which holds ``model`` and nothing else of the caller's; returns the AttackResult."""
+             seed: int | None, targets: torch.Tensor | None = None) -> Any:
+        """The whole harness call ``attack(model, x, y, eps, targets, seed=seed)`` in the attacker
+        process, which holds ``model`` and nothing else of the caller's; returns the AttackResult."""
         device = x.device
-        _send(self.conn, ("call", attack, model, x.cpu(), y.cpu(), eps, str(device), seed))
+        _send(self.conn, ("call", attack, model, x.cpu(), y.cpu(), eps, str(device), seed,
+                          None if targets is None else targets.cpu()))
         kind, value = _recv(self.conn)
         if kind == "error":
             raise value
@@ -182,10 +183,10 @@ def run_blackbox(attack: Any, oracle: QueryOracle, x: torch.Tensor, y: torch.Ten
 
 
 def call_elsewhere(attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, eps: float | None,
-                   seed: int | None) -> Any:
-    """The harness call ``attack(model, x, y, eps, seed=seed)`` in the attacker process, where
-    nothing but ``model`` exists (a gray-box attack on the base classifier)."""
-    return _guarded(attack, lambda h: h.call(attack, model, x, y, eps, seed))
+                   seed: int | None, targets: torch.Tensor | None = None) -> Any:
+    """The harness call ``attack(model, x, y, eps, targets, seed=seed)`` in the attacker process,
+    where nothing but ``model`` exists (a gray-box attack on the base classifier)."""
+    return _guarded(attack, lambda h: h.call(attack, model, x, y, eps, seed, targets))
 
 
 @contextmanager
@@ -242,10 +243,11 @@ def _serve(conn: Any, harness_end: Any = None) -> None:
 
 
 def _call(conn: Any, attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, eps: float | None,
-          device: str, seed: int | None) -> None:
+          device: str, seed: int | None, targets: torch.Tensor | None) -> None:
     try:
         model = model.to(device)
-        result = attack(model, x.to(device), y.to(device), eps, seed=seed)
+        result = attack(model, x.to(device), y.to(device), eps,
+                        None if targets is None else targets.to(device), seed=seed)
         for name in ("x_adv", "success", "distance", "queries"):
             setattr(result, name, getattr(result, name).cpu())
         _send(conn, ("done", result))

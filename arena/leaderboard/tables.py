@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from arena.errors import ConfigError
 from arena.leaderboard import formats
@@ -149,6 +150,7 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
               for m in models if m.false_positive_rate is not None]
     notes += [f"{m.attack} vs {m.defense} (ε={budget_label(m.budget)}): {m.status}: {m.error}"
               for m in matches if not m.ok]
+    notes += _judging_notes(matches)
     title = (f"{run.name} on {run_dataset} (run {run_id}, seed {run.seed}): accuracy in %, "
              "defenses ranked by mean worst case")
     return Leaderboard(title, sections, notes, _long_rows(models, matches), table.worst_cases)
@@ -200,7 +202,8 @@ class _Table:
 
     def attack_section(self, matches: list[MatchRecord]) -> Section:
         """Attacks ranked by mean success against every defense (NIPS 2017 competition style: an
-        attack scores the share of defended, correctly classified samples it breaks)."""
+        attack scores the share of defended, correctly classified samples it breaks; a targeted
+        run, the share of (sample, target) pairs whose target it reaches)."""
         keys = list(dict.fromkeys((m.attack, m.budget) for m in matches))
         by_key = {(m.defense, m.attack, m.budget): m for m in matches}
         headers = ["attack", "threat model", "ε", "score"] + [f"vs {d}" for d in self.defenses]
@@ -216,7 +219,9 @@ class _Table:
             seconds = f"{sum(c.wall_seconds or 0.0 for c in ok):.1f}" if ok else None
             gaps = self.coverage.attack_gaps(attack, budget)
             marks = {3: Mark(f"{attack} ε={budget_label(budget)}, score", gaps)} if gaps else {}
-            rows.append(([attack, f"{first.threat_model} {first.norm}", budget_label(budget), score, *rates,
+            targeted = first.provenance.get("targets")
+            threat = f"{first.threat_model} {first.norm}" + (f", targeted ({targeted})" if targeted else "")
+            rows.append(([attack, threat, budget_label(budget), score, *rates,
                           queries, seconds], marks))
         rows.sort(key=lambda r: (bool(r[1]), r[0][3] is None, -(r[0][3] or 0.0)))
         return _ranked("attacks (success rate in %)", headers, rows)
@@ -255,6 +260,27 @@ def worst_case(model: ModelRecord, matches: list[MatchRecord]) -> float | None:
     return sum(robust) / max(len(robust), 1)
 
 
+def _judging_notes(matches: list[MatchRecord]) -> list[str]:
+    """How the examples were judged, where that is not one plain pass: randomised defenses (the
+    majority of N passes), minimal attacks at a budget (their example clipped to it), targeted
+    runs (what counts as the attack's success)."""
+    notes = []
+    judged: dict[str, dict[str, Any]] = {}
+    for m in matches:
+        if m.ok and isinstance(m.provenance.get("judged"), dict):
+            judged.setdefault(m.defense, m.provenance["judged"])
+    notes += [f"{d}: randomised; each example is judged on {j.get('passes')} passes and breaks the model "
+              "when it fools the majority of them (the mean accuracy over passes is in the JSON results)"
+              for d, j in judged.items()]
+    if any(math.isinf(m.budget) for m in matches):
+        notes.append("minimal-perturbation attacks are scored at each ε on their example clipped to ε "
+                     "(projected onto the ε-ball), so a column is never weaker than the clipped example")
+    if any(m.provenance.get("targets") for m in matches):
+        notes.append("targeted runs: robust accuracy counts a sample broken when any of its examples is "
+                     "misclassified; the attack's score is the share of (sample, target) pairs reached")
+    return notes
+
+
 def _long_rows(models: list[ModelRecord], matches: list[MatchRecord]) -> list[dict[str, object]]:
     clean = {m.defense: m.clean_accuracy for m in models}
     backends = {m.defense: backend(m) for m in models}
@@ -263,7 +289,9 @@ def _long_rows(models: list[ModelRecord], matches: list[MatchRecord]) -> list[di
              "clean_accuracy": clean.get(m.defense), "robust_accuracy": m.robust_accuracy,
              "success_rate": m.success_rate, "mean_distance": m.mean_distance,
              "mean_queries": m.mean_queries, "wall_seconds": m.wall_seconds,
-             "backend": backends.get(m.defense)} for m in matches]
+             "backend": backends.get(m.defense), "targets": m.provenance.get("targets"),
+             "judged_passes": (m.provenance.get("judged") or {}).get("passes"),
+             "pass_accuracy": (m.provenance.get("judged") or {}).get("mean_accuracy")} for m in matches]
 
 
 def _mean(values: list[float]) -> float:

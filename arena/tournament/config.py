@@ -57,6 +57,20 @@ def _flag(v: Any) -> Any:
     return v
 
 
+def _targets(v: Any) -> Any:
+    """``"all"``, ``"random"``, ``"least-likely"`` or a whole number of random targets per sample."""
+    if isinstance(v, str):
+        if v not in TARGET_MODES:
+            raise ValueError(f"expected one of {', '.join(map(json.dumps, TARGET_MODES))} or a whole "
+                             f"number of targets per sample, got {_shown(v)}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"expected one of {', '.join(map(json.dumps, TARGET_MODES))} or a whole "
+                         f"number (at least 1) of targets per sample, got {_shown(v)}")
+    return v
+
+
+TARGET_MODES = ("all", "random", "least-likely")
 WholeNumber = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_finite)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
@@ -115,6 +129,10 @@ class AttackEntry(PluginEntry):
     against: list[str] | None = Field(
         None, description="the defense entries this attack is run against (default: every one); "
         "for attacks made for one kind of defense, such as cw-wb against detectors")
+    targets: Annotated[str | int, BeforeValidator(_targets)] | None = Field(
+        None, description="a targeted run: 'all' other classes, one 'random' other class, the "
+        "'least-likely' class of the clean prediction, or N distinct random other classes per "
+        "sample (seed 000: 113 samples × 9 targets is samples = 113, targets = 'all')")
 
     @property
     def label(self) -> str:
@@ -159,6 +177,9 @@ class TournamentConfig(Strict):
     training: dict[str, Any] = Field(default_factory=dict, description="defaults for training-time defenses")
     match_timeout: Number | None = Field(None, gt=0, description="seconds per attack run (None: no limit)")
     save_examples: Flag = Field(False, description="keep adversarial examples next to the database")
+    judge_passes: WholeNumber = Field(
+        20, ge=1, description="passes that judge an example against a model that declares itself "
+        "randomised: it is broken when it fools the majority of them (clean accuracy likewise)")
     resources: Resources = Field(default_factory=lambda: Resources())
     defenses: list[DefenseEntry] = Field(min_length=1)
     attacks: list[AttackEntry] = Field(min_length=1)

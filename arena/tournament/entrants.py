@@ -17,9 +17,8 @@ from arena.defense import DetectorDefense, InferenceDefense, PretrainedDefense, 
 from arena.model import default_device, seeded
 from arena.refs import DatasetRef
 from arena.registry import Registry
-from arena.training import predict
 from arena.tournament.cache import ModelCache, content_key, numerics
-from arena.tournament.matches import Entrant
+from arena.tournament.matches import Entrant, judged_as
 from arena.tournament.plan import DefensePlan
 from arena.tournament.store import encode_mask
 
@@ -35,6 +34,7 @@ class EntrantSpec:
     cache_root: str | None
     code: dict[str, str]  # the distribution and version of each plugin involved, by kind (providers)
     progress: bool = False
+    judge_passes: int = 20  # a randomised model is correct on a sample when the majority of passes are
 
 
 @dataclass
@@ -64,7 +64,8 @@ def prepare(spec: EntrantSpec, data: DataSplits, evaluation: Split, *parents: En
     seconds = time.perf_counter() - start
     model, detector = built.model, built.detector
     with seeded(spec.seed, device):  # a randomised model's clean answers must not depend on the RNG's history
-        correct = predict(model, evaluation.x.to(device), spec.batch_size).argmax(1).cpu() == evaluation.y
+        correct = judged_as(model, evaluation.x.to(device), evaluation.y.to(device), spec.judge_passes,
+                            spec.batch_size)[0].cpu()
         fpr = None
         if detector is not None:
             with torch.no_grad():

@@ -7,6 +7,7 @@ why and the tournament goes on.
 """
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -58,6 +59,7 @@ class MatchSpec:
     save_examples: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
     isolate: bool = True  # black-box and gray-box attacks in the attacker process (arena.isolation)
+    judge_passes: int = 20  # passes judging an example against a randomised model (majority)
 
 
 @dataclass
@@ -94,7 +96,7 @@ def run_match(entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
         started, t0 = time.time(), time.perf_counter()
         try:
             with time_limit(spec.timeout), torch_threads_for(entrant.model), isolation.setting(spec.isolate):
-                out = _attack(entrant, eps, spec, data, device)
+                out = _attack(entrant, eps, served, spec, data, device)
             status, error = "ok", None
         except MatchTimeout as exc:
             out, status, error = None, "timed-out", str(exc)
@@ -104,44 +106,144 @@ def run_match(entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
         for budget in served:
             row = _row(entrant.label, spec, budget, status, error, wall, started)
             if out is not None:
-                _score(row, out, budget, entrant)
+                _score(row, out, budget, entrant, spec.judge_passes)
             rows.append(row)
         if out is not None and spec.save_examples:
             examples["min" if eps is None else f"{eps:g}"] = out["x_adv"]
-    return MatchOutcome(rows, {**examples, "index": out["idx"]} if examples and out else None)
+            examples["index"] = out["row_index"]
+            if out["targets"] is not None:
+                examples["targets"] = out["targets"]
+    return MatchOutcome(rows, examples or None)
 
 
-def _attack(entrant: Entrant, eps: float | None, spec: MatchSpec, data: Split,
-            device: torch.device) -> dict[str, torch.Tensor]:
-    """Attack the correctly classified samples in batches; judge on the full defended model."""
-    attack = spec.attack.attack
-    victim = entrant.base if spec.attack.view.off_target else entrant.model
-    gray = spec.attack.view.kind is View.GRAY_BOX
+# ------------------------------------------------------------------------------- judging
+
+def randomized(model: Any) -> bool:
+    """Whether ``model`` declares that its outputs change between calls (``randomized``)."""
+    return bool(getattr(model, "randomized", False))
+
+
+def judged_as(model: Any, x: torch.Tensor, labels: torch.Tensor, passes: int,
+              batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input, whether the model gives ``labels`` on the majority of its passes (one pass for a
+    deterministic model), and the fraction of passes that give it."""
+    n = passes if randomized(model) else 1
+    hits = torch.zeros(len(x), dtype=torch.long, device=labels.device)
+    with torch.no_grad():
+        for _ in range(n):
+            hits += (predict(model, x, batch_size).argmax(1).to(labels.device) == labels).long()
+    return hits * 2 > n, hits.float() / n
+
+
+def choose_targets(mode: str | int, logits: torch.Tensor, y: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attacked rows of a targeted run: for each sample (its position in ``y``) the targets
+    ``mode`` asks for, as ``(owner, targets)`` (the sample of each row, the target of each row).
+
+    ``all``: every other class; ``random``: one other class, uniformly; ``least-likely``: the
+    class with the lowest clean logit; N: N distinct other classes, uniformly."""
+    n, k = logits.shape
+    others = torch.arange(k).expand(n, k)[torch.arange(k).expand(n, k) != y.cpu().unsqueeze(1)].view(n, k - 1)
+    if mode == "least-likely":
+        return torch.arange(n), logits.cpu().argmin(1)
+    if mode == "all":
+        count = k - 1
+        chosen = others
+    else:
+        count = 1 if mode == "random" else int(mode)
+        order = torch.rand(n, k - 1, generator=generator).argsort(dim=1)[:, :count]
+        chosen = others.gather(1, order)
+    return torch.arange(n).repeat_interleave(count), chosen.reshape(-1)
+
+
+def _per_sample(values: torch.Tensor, owner: torch.Tensor, n: int, how: str) -> torch.Tensor:
+    """Rows' values gathered per sample: ``any``, ``sum``, or ``min``."""
+    if how == "any":
+        return torch.zeros(n, dtype=torch.long).index_add_(0, owner, values.long()) > 0
+    if how == "sum":
+        return torch.zeros(n, dtype=values.dtype).index_add_(0, owner, values)
+    out = torch.full((n,), float("inf"), dtype=values.dtype)
+    return out.scatter_reduce_(0, owner, values, reduce="amin")
+
+
+def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec: MatchSpec,
+            data: Split, device: torch.device) -> dict[str, Any]:
+    """Attack the correctly classified samples in batches and judge the examples on the full
+    defended model at every budget ``served`` (:func:`_judge_rows`); per sample: broken at each
+    budget, distance, queries; per row (a sample and a target): the examples."""
+    plan = spec.attack
+    attack, mode = plan.attack, plan.targets
+    victim = entrant.base if plan.view.off_target else entrant.model
+    gray = plan.view.kind is View.GRAY_BOX
     idx = torch.nonzero(entrant.clean_correct).flatten()
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("fooled", "detected", "distance", "queries", "x_adv")}
-    for b, start in enumerate(range(0, len(idx), spec.batch_size)):
-        sel = idx[start:start + spec.batch_size]
+    step, clean = spec.batch_size, None
+    if mode is not None:  # the clean logits pick the targets (least-likely) and tell the class count
+        with seeded(spec.seed, device), torch.no_grad():
+            clean = predict(entrant.model, data.x[idx].to(device), spec.batch_size).cpu()
+        per = clean.shape[1] - 1 if mode == "all" else 1 if mode in ("random", "least-likely") else int(mode)
+        step = max(1, spec.batch_size // per)  # rows, not samples, fill a batch
+    generator = torch.Generator().manual_seed(spec.seed)
+    parts: dict[str, list[Any]] = {k: [] for k in ("x_adv", "owner", "targets", "queries")}
+    judged: dict[float, dict[str, list[torch.Tensor]]] = {
+        b: {"broken": [], "hit": [], "correct": [], "distance": []} for b in served}
+    for b, start in enumerate(range(0, len(idx), step)):
+        sel = idx[start:start + step]
         x, y = data.x[sel].to(device), data.y[sel].to(device)
+        owner, targets = torch.arange(len(sel)), None
+        if mode is not None:
+            owner, targets = choose_targets(mode, clean[start:start + step], y, generator)
+            x, y, targets = x[owner.to(device)], y[owner.to(device)], targets.to(device)
         if gray and isolation.enabled():  # the base classifier alone, in a process without the defense
-            result = isolation.call_elsewhere(attack, victim, x, y, eps, spec.seed + b)
+            result = isolation.call_elsewhere(attack, victim, x, y, eps, spec.seed + b, targets)
         else:
-            result = attack(victim, x, y, eps, seed=spec.seed + b, context=None if gray else entrant.defense)
-        fooled = result.success
+            result = attack(victim, x, y, eps, targets, seed=spec.seed + b,
+                            context=None if gray else entrant.defense)
         with seeded(spec.seed + b, device):
-            if victim is not entrant.model:
-                fooled = predict(entrant.model, result.x_adv).argmax(1) != y
-            if entrant.detector is not None:
-                with torch.no_grad():
-                    flagged = entrant.detector.detect(entrant.model, result.x_adv)
-            else:
-                flagged = torch.zeros(len(sel), dtype=torch.bool)
-        for key, value in (("fooled", fooled), ("detected", flagged), ("distance", result.distance),
-                           ("queries", result.queries), ("x_adv", result.x_adv if spec.save_examples else None)):
-            if value is not None:
-                parts[key].append(value.detach().cpu())
-    out = {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
-    out["idx"] = idx
-    return out
+            for budget in served:
+                broken, hit, correct, distance = _judge_rows(entrant, x, y, targets, result, eps, budget, spec)
+                j = judged[budget]
+                j["broken"].append(_per_sample(broken.cpu(), owner, len(sel), "any"))
+                j["hit"].append(hit.cpu())
+                j["correct"].append(_per_sample(correct.cpu(), owner, len(sel), "min"))
+                # the distance of each sample's nearest example that breaks it (∞: none does)
+                far = torch.where(broken, distance, torch.full_like(distance, float("inf"))).cpu().float()
+                j["distance"].append(_per_sample(far, owner, len(sel), "min"))
+        parts["queries"].append(_per_sample(result.queries.cpu(), owner, len(sel), "sum"))
+        parts["owner"].append(sel[owner])
+        parts["targets"].append(None if targets is None else targets.cpu())
+        if spec.save_examples:
+            parts["x_adv"].append(result.x_adv.detach().cpu())
+    cat = lambda v, dtype=torch.float32: torch.cat(v) if v else torch.empty(0, dtype=dtype)  # noqa: E731
+    kinds = {"broken": torch.bool, "hit": torch.bool, "correct": torch.float32, "distance": torch.float32}
+    return {"idx": idx, "queries": cat(parts["queries"], torch.long),
+            "x_adv": cat(parts["x_adv"]), "row_index": cat(parts["owner"], torch.long),
+            "targets": None if mode is None else cat(parts["targets"], torch.long),
+            "judged": {b: {k: cat(v, kinds[k]) for k, v in j.items()} for b, j in judged.items()}}
+
+
+def _judge_rows(entrant: Entrant, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
+                result: Any, eps: float | None, budget: float,
+                spec: MatchSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each attacked row at ``budget``, judged on the full defended model: broken (misclassified
+    and not flagged by a detector), the target reached (targeted runs; else the same as broken),
+    the fraction of passes classified correctly, and the distance of the judged example.
+
+    A minimal attack's example is clipped to the budget first (its perturbation projected onto
+    the ε-ball, as foolbox scores it), so the score at ε is never weaker than the clipped example;
+    where the distance is within ε the clip changes nothing. A model that declares itself
+    randomised is judged over ``spec.judge_passes`` passes, and fooled means fooled on the
+    majority of them: a lucky draw is not a break."""
+    x_adv = result.x_adv
+    if eps is None and not math.isinf(budget):
+        x_adv = (x + result.norm.project(x_adv - x, budget)).clamp(0, 1)
+    correct, fraction = judged_as(entrant.model, x_adv, y, spec.judge_passes)
+    reached = judged_as(entrant.model, x_adv, targets, spec.judge_passes)[0] if targets is not None else ~correct
+    if entrant.detector is not None:
+        with torch.no_grad():
+            flagged = entrant.detector.detect(entrant.model, x_adv).to(correct.device).bool()
+        correct, reached = correct | flagged, reached & ~flagged  # a flagged example is stopped
+        fraction = torch.where(flagged, torch.ones_like(fraction), fraction)
+    return ~correct, reached, fraction, result.norm.measure(x_adv - x)
 
 
 def _row(defense: str, spec: MatchSpec, budget: float, status: str, error: str | None,
@@ -195,25 +297,45 @@ def score_transfer(entrant: Entrant, spec: MatchSpec, crafted: dict[float, Any],
             rows.append(_row(entrant.label, spec, budget, "failed", item, 0.0, started))
             continue
         x_adv, distance = item[0][idx].to(device), item[1][idx]
-        with seeded(spec.seed, device), torch.no_grad():
-            fooled = (predict(entrant.model, x_adv).argmax(1).cpu() != data.y[idx])
-            flagged = (entrant.detector.detect(entrant.model, x_adv).cpu() if entrant.detector is not None
-                       else torch.zeros(len(idx), dtype=torch.bool))
+        with seeded(spec.seed, device):
+            correct, fraction = judged_as(entrant.model, x_adv, data.y[idx].to(device), spec.judge_passes)
+            if entrant.detector is not None:
+                with torch.no_grad():
+                    flagged = entrant.detector.detect(entrant.model, x_adv).to(correct.device).bool()
+                correct = correct | flagged
+                fraction = torch.where(flagged, torch.ones_like(fraction), fraction)
+        broken = (~correct).cpu() & within(distance, budget)
+        fraction = torch.where(within(distance, budget), fraction.cpu(), torch.ones_like(fraction.cpu()))
         row = _row(entrant.label, spec, budget, "ok", None, 0.0, started)
-        _score(row, {"idx": idx, "fooled": fooled, "detected": flagged, "distance": distance,
-                     "queries": torch.zeros(len(idx))}, budget, entrant)
+        far = torch.where(broken, distance, torch.full_like(distance, float("inf")))
+        _score(row, {"idx": idx, "queries": torch.zeros(len(idx), dtype=torch.long), "targets": None,
+                     "judged": {budget: {"broken": broken, "hit": broken, "correct": fraction, "distance": far}}},
+               budget, entrant, spec.judge_passes)
         rows.append(row)
     return MatchOutcome(rows)
 
 
-def _score(row: MatchRow, out: dict[str, torch.Tensor], budget: float, entrant: Entrant) -> None:
-    fooled, distance = out["fooled"].bool(), out["distance"]
-    broken = fooled & within(distance, budget) & ~out["detected"].bool() if len(fooled) else fooled
+def _score(row: MatchRow, out: dict[str, Any], budget: float, entrant: Entrant, passes: int) -> None:
+    """The row's figures at ``budget``: robust accuracy (over every evaluated sample; a sample the
+    model misclassifies clean is not robust), success rate (broken samples, or in a targeted run
+    targets reached, over the attacked samples or rows), the mean distance of each broken sample's
+    nearest breaking example, mean queries, and the robust mask; for a randomised model also the mean accuracy
+    over passes."""
+    judged = out["judged"][budget]
+    broken, distance = judged["broken"].bool(), judged["distance"]
     robust = entrant.clean_correct.clone()
     robust[out["idx"]] = ~broken
     row.robust_accuracy = float(robust.float().mean())
-    row.success_rate = float(broken.float().sum() / max(len(out["idx"]), 1))
-    finite = distance[fooled & torch.isfinite(distance)] if len(fooled) else distance
+    if out["targets"] is not None:
+        row.success_rate = float(judged["hit"].float().mean()) if len(judged["hit"]) else 0.0
+    else:
+        row.success_rate = float(broken.float().sum() / max(len(out["idx"]), 1))
+    finite = distance[torch.isfinite(distance)]
     row.mean_distance = float(finite.mean()) if len(finite) else None
     row.mean_queries = float(out["queries"].float().mean()) if len(out["queries"]) else 0.0
     row.robust_mask = encode_mask(robust)
+    if randomized(entrant.model):
+        fraction = torch.zeros(len(entrant.clean_correct))
+        fraction[out["idx"]] = judged["correct"].float()
+        row.provenance = {**row.provenance, "judged": {"passes": passes, "rule": "majority",
+                                                       "mean_accuracy": float(fraction.mean())}}

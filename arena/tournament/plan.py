@@ -78,6 +78,7 @@ class AttackPlan:
     view: ThreatView
     timeout: float | None
     against: tuple[str, ...] | None
+    targets: str | int | None = None  # a targeted run: "all", "random", "least-likely" or N per sample
 
     @property
     def minimal(self) -> bool:
@@ -176,6 +177,10 @@ def check_samples(plan: Plan, data: DataSplits) -> None:
     if plan.config.samples > available:
         raise ConfigError(f"{plan.source}: samples: {plan.config.samples} is more than the {available} test "
                           f"samples of dataset '{plan.dataset.id}'")
+    for i, attack in enumerate(plan.attacks):
+        if isinstance(attack.targets, int) and attack.targets > data.num_classes - 1:
+            raise ConfigError(f"{plan.source}: attacks[{i}].targets: {attack.targets} targets per sample, but "
+                              f"dataset '{plan.dataset.id}' has only {data.num_classes - 1} other classes")
 
 
 def parse_tournament(data: dict[str, Any], registry: Registry, source: str = "<tournament>") -> Plan:
@@ -270,9 +275,13 @@ def _attack(where: str, entry: AttackEntry, labels: list[str], registry: Registr
     if attack.threat_norm is Norm.LINF and too_large:  # pixels lie in [0, 1]: ε > 1 perturbs nothing more
         raise ConfigError(f"{where}.budgets: {too_large[0]:g} is more than 1, the whole [0, 1] pixel range, "
                           f"for L∞ attack '{entry.id}'")
+    if entry.targets is not None and not attack.supports_targeted:
+        raise ConfigError(f"{where}.targets: attack '{entry.id}' does not support targeted runs")
+    if entry.targets is not None and view.kind is View.TRANSFER:
+        raise ConfigError(f"{where}.targets: transfer attacks (surrogate) run untargeted only")
     budgets = tuple(entry.budgets) + ((UNBOUNDED,) if attack.minimal else ())
     return AttackPlan(entry.label, entry.id, dict(entry.params), attack, budgets, view, entry.timeout,
-                      tuple(entry.against) if entry.against is not None else None)
+                      tuple(entry.against) if entry.against is not None else None, entry.targets)
 
 
 def _view(where: str, entry: AttackEntry, attack: type[Attack], labels: list[str]) -> ThreatView:

@@ -107,7 +107,8 @@ class Runner:
         for defense in level:
             code = providers(self.registry, defenses=defense.id, architectures=defense.architecture.id,
                              datasets=self.plan.dataset.id)
-            spec = EntrantSpec(defense, self.plan.dataset, cfg.seed, cfg.batch_size, self.cache_root, code)
+            spec = EntrantSpec(defense, self.plan.dataset, cfg.seed, cfg.batch_size, self.cache_root, code,
+                               judge_passes=cfg.judge_passes)
             parents = tuple(self.shared[r] for r in defense.parents if r in self.shared)
             handles[defense.label] = Shared.of(None).id  # the worker keeps the entrant it built
             jobs.append((defense.label, (spec, shared[0], shared[1], *parents),
@@ -191,8 +192,9 @@ class Runner:
                          {"attack_plugin": str(owners.get(("attacks", attack.id), "")),
                           "defense_plugin": str(owners.get(("defenses", self.plan.defense(defense).id), "")),
                           "config_hash": self.plan.digest(), "seed": cfg.seed,
-                          "executor": self.executor.name, "surrogate": attack.view.surrogate, "view": view},
-                         isolate=isolation.enabled())
+                          "executor": self.executor.name, "surrogate": attack.view.surrogate, "view": view,
+                          **({"targets": attack.targets} if attack.targets is not None else {})},
+                         isolate=isolation.enabled(), judge_passes=cfg.judge_passes)
 
     def _provenance(self) -> dict[str, Any]:
         device = default_device()
