@@ -42,6 +42,7 @@ class AttackResult:
     queries: torch.Tensor
     norm: Norm
     eps: float | None = None
+    details: dict[str, Any] | None = None  # what the attack reports of its work (an ensemble's components)
 
     def success_at(self, eps: float) -> torch.Tensor:
         """Success within budget ``eps``: what one run of a minimal attack says of every budget."""
@@ -52,10 +53,14 @@ class AttackResult:
 
 @dataclass
 class RunOutput:
-    """Optional richer return value of :meth:`Attack.run`: adversarial inputs and query counts."""
+    """Optional richer return value of :meth:`Attack.run`: adversarial inputs, query counts, and
+    ``details``: JSON-able facts of the attack's work that the tournament stores with the match
+    (numbers are summed over batches; an ensemble reports its components, see
+    :func:`merge_details`). Details never decide success: the harness judges that itself."""
 
     x_adv: torch.Tensor
     queries: torch.Tensor | None = None
+    details: dict[str, Any] | None = None
 
 
 class Attack(Plugin):
@@ -114,13 +119,14 @@ class Attack(Plugin):
             if x.shape[0]:
                 num_classes = _logits(model, x[:1]).shape[1]  # one sample tells the class count
                 _check_labels(y, targets, num_classes, self.id)
-            x_adv, queries = self._run_guarded(model, x, y, threat.eps, targets, seed)
+            x_adv, queries, details = self._run_guarded(model, x, y, threat.eps, targets, seed)
             x_adv = threat.project(x_adv, x)
             adv_pred = _logits(model, x_adv).argmax(dim=1)  # the model verified and restored
-        return self._result(x, y, x_adv, adv_pred, targets, queries, threat)
+        return self._result(x, y, x_adv, adv_pred, targets, queries, threat, details)
 
     def _run_guarded(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None,
-                     targets: torch.Tensor | None, seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     targets: torch.Tensor | None,
+                     seed: int | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any] | None]:
         """``run`` on copies of the inputs, with the model snapshotted before and checked and
         restored after (also when ``run`` raises); queries from the harness's own ledger. A
         black-box attack's ``run`` goes to the attacker process (:mod:`arena.isolation`), where
@@ -143,7 +149,7 @@ class Attack(Plugin):
             raise AttackError(f"attack '{self.id}' modified the model: {changes[0]}{more}")
         x_adv, queries = _unpack(out, ledger, n, device, self.id)
         _check_output(x_adv, x, self.id)
-        return x_adv.detach().to(x.dtype), queries
+        return x_adv.detach().to(x.dtype), queries, _check_details(getattr(out, "details", None), self.id)
 
     def _validate(self, x: torch.Tensor, y: torch.Tensor, eps: float | None,
                   targets: torch.Tensor | None) -> ThreatModel:
@@ -165,12 +171,12 @@ class Attack(Plugin):
         except ValueError as exc:
             raise ConfigError(f"attack '{self.id}': eps: {exc}") from None
 
-    def _result(self, x, y, x_adv, adv_pred, targets, queries, threat) -> AttackResult:
+    def _result(self, x, y, x_adv, adv_pred, targets, queries, threat, details=None) -> AttackResult:
         success = adv_pred == targets if targets is not None else adv_pred != y
         distance = threat.norm.measure(x_adv - x)
         if self.minimal:
             distance = torch.where(success, distance, torch.full_like(distance, float("inf")))
-        return AttackResult(x_adv, success, distance, queries, threat.norm, threat.eps)
+        return AttackResult(x_adv, success, distance, queries, threat.norm, threat.eps, details)
 
 
 def _unpack(out: Any, ledger: QueryLedger | None, n: int, device: torch.device,
@@ -184,6 +190,60 @@ def _unpack(out: Any, ledger: QueryLedger | None, n: int, device: torch.device,
     if queries.shape != (n,):
         raise AttackError(f"attack '{attack_id}' reported queries of shape {tuple(queries.shape)}, expected ({n},)")
     return x_adv, queries.detach().to(device=device, dtype=torch.long)
+
+
+def _check_details(details: Any, attack_id: str) -> dict[str, Any] | None:
+    """An attack's ``details``: a dict that survives a JSON round trip (it is stored as such)."""
+    if details is None:
+        return None
+    import json
+    try:
+        if not isinstance(details, dict):
+            raise TypeError(type(details).__name__)
+        return json.loads(json.dumps(details, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise AttackError(f"attack '{attack_id}' reported details that are not a JSON object: {exc}") from None
+
+
+def merge_details(total: dict[str, Any] | None, part: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Details of two batches as one: numbers are added, dicts merged key by key, lists of dicts
+    with a ``name`` merged by name (in first-seen order), anything else kept from the first."""
+    if part is None:
+        return total
+    if total is None:
+        return json_copy(part)
+    out = dict(total)
+    for key, value in part.items():
+        if key not in out:
+            out[key] = json_copy(value)
+        else:
+            out[key] = _merged(out[key], value)
+    return out
+
+
+def _merged(a: Any, b: Any) -> Any:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a + b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return merge_details(a, b)
+    if isinstance(a, list) and isinstance(b, list) and all(isinstance(v, dict) and "name" in v for v in a + b):
+        names = {v["name"]: i for i, v in enumerate(a)}
+        out = [dict(v) for v in a]
+        for v in b:
+            if v["name"] in names:
+                out[names[v["name"]]] = merge_details(out[names[v["name"]]], v)
+            else:
+                names[v["name"]] = len(out)
+                out.append(json_copy(v))
+        return out
+    return a
+
+
+def json_copy(value: Any) -> Any:
+    import json
+    return json.loads(json.dumps(value))
 
 
 def _check_output(x_adv: Any, x: torch.Tensor, attack_id: str) -> None:

@@ -8,6 +8,7 @@ read from a run's results, these findings among them, are the leaderboard's:
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -15,11 +16,38 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# The functions whose call during a plain forward pass betrays an optimisation at inference time
+# (AutoAttack's check_dynamic: a defense that runs gradient steps on its input or itself).
+_AUTOGRAD_CALLS = {"grad", "backward", "_make_grads"}
+
+
+def _optimises_at_inference(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether one forward pass of ``model`` on ``x`` calls autograd (traced: every Python call of
+    torch.autograd's ``grad``/``backward`` is seen, whatever the defense calls them through)."""
+    seen = []
+
+    def trace(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name in _AUTOGRAD_CALLS \
+                and "torch" in frame.f_code.co_filename and "autograd" in frame.f_code.co_filename:
+            seen.append(frame.f_code.co_name)
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        model(x)
+    finally:
+        sys.settrace(previous)
+    return bool(seen)
+
+
 def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """Probe ``model`` on a clean batch: share of zero input gradients, probability-like outputs,
-    and whether two identical calls disagree (randomised outputs)."""
+    whether two identical calls disagree (randomised outputs), and whether the forward pass
+    runs autograd (an optimisation at inference time)."""
     was_training = model.training
     model.eval()
+    dynamic = _optimises_at_inference(model, x[:8].detach().clone())
     xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits = model(xg)
@@ -33,4 +61,4 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
                                                                           atol=1e-3))
     return {"zero_gradient_share": float((norms <= 1e-12).float().mean()),
             "outputs_probabilities": probabilities,
-            "randomized": not torch.allclose(out, again)}
+            "randomized": not torch.allclose(out, again), "optimises_at_inference": dynamic}

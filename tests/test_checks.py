@@ -42,10 +42,33 @@ class Noisy(nn.Module):
 def test_model_checks_on_known_models(model, batch):
     x, y = batch
     clean = model_checks(model, x, y)
-    assert clean == {"zero_gradient_share": 0.0, "outputs_probabilities": False, "randomized": False}
+    assert clean == {"zero_gradient_share": 0.0, "outputs_probabilities": False, "randomized": False,
+                     "optimises_at_inference": False}
     assert model_checks(Softmaxed(model), x, y)["outputs_probabilities"]
     assert model_checks(Rounded(model), x, y)["zero_gradient_share"] == 1.0
     assert model_checks(Noisy(model), x, y)["randomized"]
+    assert model_checks(Purified(model), x, y)["optimises_at_inference"]
+    assert not model_checks(Purified(model), x, y)["randomized"]
+
+
+class Purified(nn.Module):
+    """An optimisation at inference time: two gradient steps on the input lowering its
+    prediction's entropy before classifying it (a test-time "purification" defense)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        z = x.detach().clone()
+        for _ in range(2):
+            with torch.enable_grad():
+                z.requires_grad_(True)
+                p = self.inner(z).softmax(1)
+                entropy = -(p * p.clamp_min(1e-12).log()).sum()
+                (g,) = torch.autograd.grad(entropy, z)
+            z = (z - 0.01 * g.sign()).clamp(0, 1).detach()
+        return self.inner(z + (x - x.detach()))
 
 
 def _store(tmp_path, rows, checks=None, provenance=None):
@@ -95,9 +118,11 @@ def test_weaker_access_flag_names_a_transfer_attack_as_transfer(tmp_path):
 
 
 def test_model_probe_findings_become_flags(tmp_path):
-    checks = {"zero_gradient_share": 0.5, "outputs_probabilities": True, "randomized": True}
+    checks = {"zero_gradient_share": 0.5, "outputs_probabilities": True, "randomized": True,
+              "optimises_at_inference": True}
     found = flags(*_store(tmp_path, [("pgd", "white-box", 0.1, "1000", 20, 0.75)], checks))
-    assert _checks(found) == ["probabilities", "randomized-without-eot", "zero-gradients"]
+    assert _checks(found) == ["optimises-at-inference", "probabilities", "randomized-without-eot",
+                              "zero-gradients"]
     assert any("eot" in f.suggestion for f in found)
 
 
@@ -124,3 +149,28 @@ def test_flags_do_not_claim_more_than_the_finished_matches_measured(tmp_path):
     assert found["weaker-access-wins"] == ("hsj (black-box) breaks 1 example at ε=0.1 that every white-box attack "
                                            "that finished missed (not finished: pgd timed-out, eot timed-out)")
     assert found["randomized-without-eot"] == "outputs are randomised and no adaptive attack finished (eot timed-out)"
+
+
+def _ensemble(square_broke):
+    return {"autoattack": {"details": {"components": [
+        {"name": "apgd-ce", "attacked": 400, "broken": 100}, {"name": "apgd-t", "attacked": 300, "broken": 5},
+        {"name": "fab-t", "attacked": 295, "broken": 0}, {"name": "square", "attacked": 295, "broken": square_broke}]}}}
+
+
+def test_square_breaking_what_the_white_box_components_left_is_flagged(tmp_path):
+    rows = [("autoattack", "white-box", 0.1, "1000", 500, 0.75)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert flags(*_store(tmp_path / "a", rows, provenance=_ensemble(0))) == []
+    found = flags(*_store(tmp_path / "b", rows, provenance=_ensemble(3)))
+    assert [f.check for f in found] == ["score-based-wins"]
+    assert "square broke 3 of 400 samples at ε=0.1" in found[0].message
+
+
+def test_a_cascade_does_not_compare_conditional_accuracies(tmp_path):
+    # pgd ran first on every sample, fgsm after it on the survivors only: its lower accuracy is
+    # conditional, not a single-step attack beating an iterative one
+    rows = [("pgd", "white-box", 0.1, "1100", 20, 0.5), ("fgsm", "white-box", 0.1, "1000", 1, 0.5)]
+    models, matches = _store(tmp_path, rows)
+    assert _checks(flags(models, matches)) == ["single-step-wins"]
+    assert flags(models, matches, cascade=True) == []

@@ -58,6 +58,19 @@ class Unchanged(FixedBudgetAttack):
         return x.clone()
 
 
+SEEN: list[int] = []
+
+
+class Seen(FixedBudgetAttack):
+    """Test attack: records how many samples it is given, returns them unchanged."""
+
+    id: ClassVar[str] = "seen"
+
+    def run(self, model, x, y, eps, targets):
+        SEEN.append(len(x))
+        return x.clone()
+
+
 class CoinModel(DefendedModel):
     """On every call, each sample's answer is a wrong class with probability ``p``."""
 
@@ -85,7 +98,8 @@ class Coin(InferenceDefense):
 
 
 plugins = types.ModuleType("scoring_plugins")
-plugins.arena_register_attacks = arena.hookimpl(lambda register: (register(Overshoot), register(Unchanged)))
+plugins.arena_register_attacks = arena.hookimpl(lambda register: (register(Overshoot), register(Unchanged),
+                                                                            register(Seen)))
 plugins.arena_register_defenses = arena.hookimpl(lambda register: register(Coin))
 
 
@@ -298,3 +312,41 @@ budgets = [0.1]
     assert any(r[0] == "pgd-ll" and "targeted (least-likely)" in r[1] for r in attack_rows)
     coin = [r for r in board.long_rows if r["defense"] == "coin" and r["attack"] == "unchanged"][0]
     assert coin["judged_passes"] == 5 and 0 < coin["pass_accuracy"] <= 1
+
+
+# --- the worst case as a cascade ---------------------------------------------------------------
+
+def test_a_cascade_attacks_only_the_survivors_and_labels_its_columns(tmp_path, reg):
+    from arena.leaderboard import tables
+    attacks = """
+[[attacks]]
+id = "fgsm"
+budgets = [0.1, 0.3]
+
+[[attacks]]
+name = "seen-03"
+id = "seen"
+budgets = [0.3]
+
+[[attacks]]
+name = "pgd"
+id = "pgd"
+params = { steps = 5 }
+budgets = [0.1, 0.3]
+"""
+    SEEN.clear()
+    _, store, run_id, rows = tournament(tmp_path, reg, attacks, extra="cascade = true", samples=40)
+    fgsm01, fgsm03 = rows[("standard", "fgsm", 0.1)], rows[("standard", "fgsm", 0.3)]
+    # the recording attack saw exactly the samples fgsm left robust at 0.3 (and at 0.1: smaller ball)
+    assert sum(SEEN) == sum(fgsm03.robust_mask) < sum(fgsm01.robust_mask)
+    for eps in (0.1, 0.3):
+        before = rows[("standard", "fgsm", eps)].robust_mask
+        after = rows[("standard", "pgd", eps)].robust_mask  # cumulative: robust after fgsm and pgd
+        assert all(b or not a for a, b in zip(after, before))
+    board = tables.build(store, run_id)
+    headers = board.sections[0].headers
+    assert "fgsm ε=0.1" in headers and "pgd ε=0.1 (conditional)" in headers
+    assert any(n.startswith("cascade:") for n in board.notes)
+    worst = headers.index("worst ε=0.3")
+    row = board.sections[0].rows[0]
+    assert row[worst] == pytest.approx(rows[("standard", "pgd", 0.3)].robust_accuracy)

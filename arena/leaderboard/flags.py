@@ -29,8 +29,11 @@ class Flag:
         return f"{self.defense}: {self.message} — suggests {self.suggestion}"
 
 
-def flags(models: list[ModelRecord], matches: list[MatchRecord], tolerance: float = 0.02) -> list[Flag]:
-    """All flags for one run (records from :class:`arena.tournament.store.Store`)."""
+def flags(models: list[ModelRecord], matches: list[MatchRecord], tolerance: float = 0.02,
+          cascade: bool = False) -> list[Flag]:
+    """All flags for one run (records from :class:`arena.tournament.store.Store`). In a cascade
+    (``cascade``) the per-attack accuracies are conditional, so the flag that compares two
+    attacks' accuracies (single-step beating iterative) is not raised."""
     found: list[Flag] = []
     for model in models:
         d = model.defense
@@ -39,8 +42,10 @@ def flags(models: list[ModelRecord], matches: list[MatchRecord], tolerance: floa
         found += _model_flags(d, model)
         found += _monotonic(d, mine, tolerance)
         found += _unbounded(d, mine, model.clean_accuracy)
-        found += _single_step(d, mine, tolerance)
+        if not cascade:
+            found += _single_step(d, mine, tolerance)
         found += _weaker_access(d, mine, unfinished)
+        found += _score_based_component(d, mine)
         if model.checks.get("randomized") and not any(m.knowledge == "adaptive" for m in mine):
             tried = _unfinished_text(m for m in unfinished if m.knowledge == "adaptive")
             message = (f"outputs are randomised and no adaptive attack finished ({tried})" if tried else
@@ -52,6 +57,10 @@ def flags(models: list[ModelRecord], matches: list[MatchRecord], tolerance: floa
 
 def _model_flags(d: str, model: ModelRecord) -> list[Flag]:
     checks, out = model.checks, []
+    if checks.get("optimises_at_inference"):
+        out.append(Flag(d, "optimises-at-inference", "the forward pass runs autograd (an optimisation at "
+                        "inference time)", "a dynamic defense that fixed attacks such as AutoAttack may not "
+                        "evaluate; add an adaptive attack through its optimisation (bpda, eot)"))
     if checks.get("zero_gradient_share", 0) > 0.1:
         share = 100 * checks["zero_gradient_share"]
         out.append(Flag(d, "zero-gradients", f"the loss gradient is zero on {share:.0f}% of clean inputs",
@@ -106,6 +115,25 @@ def _single_step(d: str, matches: list[MatchRecord], tol: float) -> list[Flag]:
                 out.append(Flag(d, "single-step-wins", f"single-step {s.attack} beats iterative {it.attack} "
                                 f"at ε={budget_label(s.budget)}", "gradient masking; add more steps and random "
                                 "restarts, and a black-box attack"))
+    return out
+
+
+def _score_based_component(d: str, matches: list[MatchRecord], share: float = 0.002) -> list[Flag]:
+    """An ensemble whose score-based component (Square) broke samples that its white-box
+    components before it left robust (AutoAttack's check_square_sr: more than 0.2% of them)."""
+    out = []
+    for m in matches:
+        comps = (m.provenance.get("details") or {}).get("components")
+        if not isinstance(comps, list) or not comps:
+            continue
+        first = comps[0].get("attacked") if isinstance(comps[0], dict) else None
+        for c in comps[1:]:
+            if (isinstance(c, dict) and c.get("name") == "square" and isinstance(first, int) and first
+                    and isinstance(c.get("broken"), int) and c["broken"] / first > share):
+                out.append(Flag(d, "score-based-wins", f"{m.attack}: the score-based square broke {c['broken']} "
+                                f"of {first} samples at ε={budget_label(m.budget)} that its white-box components "
+                                "left robust", "gradient masking; run square with more queries and restarts, "
+                                "and an adaptive attack"))
     return out
 
 

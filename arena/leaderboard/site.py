@@ -243,7 +243,7 @@ def _cell_href(site: Site, defenses: bool, row: list, header: str, mark: Mark | 
     if defenses:
         if header == "clean":
             return site.defense_href(str(row[0]))
-        match = site.by_column.get((row[0], header))
+        match = site.by_column.get((row[0], header.removesuffix(tables.CONDITIONAL)))
         if match is None and mark is not None and header.startswith("worst ε="):
             label = header[len("worst ε="):]
             match = next((site.by_label[(row[0], g.name, label)] for g in mark.gaps
@@ -354,10 +354,31 @@ def _match_body(site: Site, m: MatchRecord) -> str:
              ("finished", when(m.finished))]
     error = f"<h2>Error</h2>\n<pre class=\"error\">{escape(str(m.error))}</pre>\n" if m.error else ""
     return (f"<h1>{escape(m.attack)} vs {escape(m.defense)} at ε={escape(budget)}</h1>\n" + facts(pairs)
-            + error + "<h2>Attack configuration</h2>\n" + json_pre(m.attack_config)
+            + error + _components_html(m) + "<h2>Attack configuration</h2>\n" + json_pre(m.attack_config)
             + "<h2>Match provenance</h2>\n" + json_pre(m.provenance)
             + "<h2>Run provenance</h2>\n" + _provenance_html(site)
             + "<p>To reproduce, see <a href=\"../index.html#reproduce\">the tournament file and command</a>.</p>\n")
+
+
+def _components_html(m: MatchRecord) -> str:
+    """An ensemble's cascade (its details' ``components``): per component the samples it
+    attacked (those every earlier one left robust), broke, and its seconds."""
+    comps = (m.provenance.get("details") or {}).get("components")
+    if not isinstance(comps, list) or not comps or not all(isinstance(c, dict) for c in comps):
+        return ""
+    body = "".join(
+        f"<tr><td class=\"name\">{escape(str(c.get('name', '?')))}</td><td>{escape(str(c.get('attacked', '–')))}</td>"
+        f"<td>{escape(str(c.get('broken', '–')))}</td>"
+        f"<td>{escape(str(_robust_after(c)))}</td><td>{fmt(c.get('seconds'), 's')}</td></tr>\n" for c in comps)
+    return ("<h2>Components (cascade)</h2>\n<p>Each component attacks only the samples every earlier one left "
+            "robust; a sample keeps the first example that fools the model.</p>\n<table>\n<thead><tr><th>component</th>"
+            "<th>attacked</th><th>broken</th><th>robust after</th><th>time</th></tr></thead>\n<tbody>\n"
+            + body + "</tbody>\n</table>\n")
+
+
+def _robust_after(c: dict[str, Any]) -> Any:
+    a, b = c.get("attacked"), c.get("broken")
+    return a - b if isinstance(a, int) and isinstance(b, int) else "–"
 
 
 def _worst_html(site: Site, m: MatchRecord) -> str:

@@ -111,6 +111,9 @@ def _finite(v: object) -> object:
     return v
 
 
+CONDITIONAL = " (conditional)"  # the suffix of a cascade's per-attack column after the first
+
+
 def build(store: Store, run_id: int | None = None, *, dataset: str | None = None,
           budget: float | None = None, knowledge: str | None = None) -> Leaderboard:
     """The leaderboard of ``run_id`` (the newest run by default), optionally filtered to one
@@ -137,13 +140,13 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
         matches = [m for m in matches if m.threat_model == knowledge]
     if (budget is not None or knowledge is not None) and not matches:
         raise ConfigError(f"{store.path}: no match of run {run_id} fits the filters")
-    table = _Table(models, coverage, knowledge)
+    table = _Table(models, coverage, knowledge, cascade=bool(run.config.get("cascade")))
     sections = [table.section(norm, [m for m in matches if m.norm == norm])
                 for norm in sorted({m.norm for m in matches if m.norm})]
     sections.append(table.attack_section(matches))
     notes = [f"run {run_id} is not finished (status {run.status}): results may be missing"] \
         if run.status != "finished" else []
-    notes += [f"sanity: {flag}" for flag in flags(models, matches)]
+    notes += [f"sanity: {flag}" for flag in flags(models, matches, cascade=bool(run.config.get("cascade")))]
     if any(backend(m) != "torch" for m in models):  # say which backend ran each entrant
         notes += [f"{m.defense}: backend {backend(m)}{_model_file(m)}" for m in models]
     notes += [f"{m.defense}: detector flags {100 * m.false_positive_rate:.1f}% of clean inputs"
@@ -151,6 +154,10 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
     notes += [f"{m.attack} vs {m.defense} (ε={budget_label(m.budget)}): {m.status}: {m.error}"
               for m in matches if not m.ok]
     notes += _judging_notes(matches)
+    if run.config.get("cascade"):
+        notes.append("cascade: each attack attacked only the samples that every earlier attack of its norm left "
+                     "robust (at that ε or a smaller one); a '(conditional)' column is the robust accuracy after "
+                     "that attack and all earlier ones, and the worst case is exact")
     title = (f"{run.name} on {run_dataset} (run {run_id}, seed {run.seed}): accuracy in %, "
              "defenses ranked by mean worst case")
     return Leaderboard(title, sections, notes, _long_rows(models, matches), table.worst_cases)
@@ -159,7 +166,9 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
 class _Table:
     """Builds the sections of one leaderboard, collecting every worst case on the way."""
 
-    def __init__(self, models: list[ModelRecord], coverage: Coverage, knowledge: str | None) -> None:
+    def __init__(self, models: list[ModelRecord], coverage: Coverage, knowledge: str | None,
+                 cascade: bool = False) -> None:
+        self.cascade = cascade
         self.models = {m.defense: m for m in models}
         self.defenses = coverage.defenses  # the built ones, then any that could not be built
         self.coverage, self.knowledge = coverage, knowledge
@@ -170,7 +179,11 @@ class _Table:
         columns = [(a, b) for a in attacks for b in sorted({m.budget for m in matches if m.attack == a})]
         budgets = sorted({m.budget for m in matches})
         by_key = {(m.defense, m.attack, m.budget): m for m in matches}
-        headers = ["defense", "clean"] + [f"{a} ε={budget_label(b)}" for a, b in columns]
+        # in a cascade, every direct attack after the first saw only the survivors: conditional
+        direct = [a for a in attacks if any(m.attack == a and m.threat_model != "transfer" for m in matches)]
+        conditional = set(direct[1:]) if self.cascade else set()
+        headers = ["defense", "clean"] + [f"{a} ε={budget_label(b)}" + (CONDITIONAL if a in conditional else "")
+                                          for a, b in columns]
         headers += [f"worst ε={budget_label(b)}" for b in budgets]
         rows = []
         for d in self.defenses:

@@ -177,6 +177,10 @@ class TournamentConfig(Strict):
     training: dict[str, Any] = Field(default_factory=dict, description="defaults for training-time defenses")
     match_timeout: Number | None = Field(None, gt=0, description="seconds per attack run (None: no limit)")
     save_examples: Flag = Field(False, description="keep adversarial examples next to the database")
+    cascade: Flag = Field(
+        False, description="worst case as a cascade: each attack (in file order) attacks only the samples "
+        "that every earlier attack of its norm left robust at its budget or a smaller one; per-attack "
+        "columns are then conditional on the earlier ones (default: every attack on every sample)")
     judge_passes: WholeNumber = Field(
         20, ge=1, description="passes that judge an example against a model that declares itself "
         "randomised: it is broken when it fools the majority of them (clean accuracy likewise)")

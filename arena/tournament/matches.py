@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from arena import isolation
+from arena.attack import merge_details
 from arena.data import Split
 from arena.defense import Defense, DetectorDefense
 from arena.errors import ArenaError
@@ -60,6 +61,8 @@ class MatchSpec:
     provenance: dict[str, Any] = field(default_factory=dict)
     isolate: bool = True  # black-box and gray-box attacks in the attacker process (arena.isolation)
     judge_passes: int = 20  # passes judging an example against a randomised model (majority)
+    # cascade: per budget, the evaluated samples still robust after the earlier attacks (None: all)
+    survivors: dict[float, torch.Tensor] | None = None
 
 
 @dataclass
@@ -175,7 +178,10 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
     attack, mode = plan.attack, plan.targets
     victim = entrant.base if plan.view.off_target else entrant.model
     gray = plan.view.kind is View.GRAY_BOX
-    idx = torch.nonzero(entrant.clean_correct).flatten()
+    attackable = entrant.clean_correct.clone()
+    if spec.survivors is not None:  # a cascade attacks what the earlier attacks left robust
+        attackable &= torch.stack([spec.survivors[b] for b in served]).any(0)
+    idx = torch.nonzero(attackable).flatten()
     step, clean = spec.batch_size, None
     if mode is not None:  # the clean logits pick the targets (least-likely) and tell the class count
         with seeded(spec.seed, device), torch.no_grad():
@@ -183,6 +189,7 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
         per = clean.shape[1] - 1 if mode == "all" else 1 if mode in ("random", "least-likely") else int(mode)
         step = max(1, spec.batch_size // per)  # rows, not samples, fill a batch
     generator = torch.Generator().manual_seed(spec.seed)
+    details: dict[str, Any] | None = None  # the attack's own account of its work, over all batches
     parts: dict[str, list[Any]] = {k: [] for k in ("x_adv", "owner", "targets", "queries")}
     judged: dict[float, dict[str, list[torch.Tensor]]] = {
         b: {"broken": [], "hit": [], "correct": [], "distance": []} for b in served}
@@ -209,6 +216,7 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
                 far = torch.where(broken, distance, torch.full_like(distance, float("inf"))).cpu().float()
                 j["distance"].append(_per_sample(far, owner, len(sel), "min"))
         parts["queries"].append(_per_sample(result.queries.cpu(), owner, len(sel), "sum"))
+        details = merge_details(details, result.details)
         parts["owner"].append(sel[owner])
         parts["targets"].append(None if targets is None else targets.cpu())
         if spec.save_examples:
@@ -217,7 +225,8 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
     kinds = {"broken": torch.bool, "hit": torch.bool, "correct": torch.float32, "distance": torch.float32}
     return {"idx": idx, "queries": cat(parts["queries"], torch.long),
             "x_adv": cat(parts["x_adv"]), "row_index": cat(parts["owner"], torch.long),
-            "targets": None if mode is None else cat(parts["targets"], torch.long),
+            "targets": None if mode is None else cat(parts["targets"], torch.long), "details": details,
+            "survivors": spec.survivors,
             "judged": {b: {k: cat(v, kinds[k]) for k, v in j.items()} for b, j in judged.items()}}
 
 
@@ -325,6 +334,8 @@ def _score(row: MatchRow, out: dict[str, Any], budget: float, entrant: Entrant, 
     broken, distance = judged["broken"].bool(), judged["distance"]
     robust = entrant.clean_correct.clone()
     robust[out["idx"]] = ~broken
+    if out.get("survivors") is not None:  # a cascade: robust after this and every earlier attack
+        robust &= out["survivors"][budget]
     row.robust_accuracy = float(robust.float().mean())
     if out["targets"] is not None:
         row.success_rate = float(judged["hit"].float().mean()) if len(judged["hit"]) else 0.0
@@ -334,6 +345,8 @@ def _score(row: MatchRow, out: dict[str, Any], budget: float, entrant: Entrant, 
     row.mean_distance = float(finite.mean()) if len(finite) else None
     row.mean_queries = float(out["queries"].float().mean()) if len(out["queries"]) else 0.0
     row.robust_mask = encode_mask(robust)
+    if out.get("details"):
+        row.provenance = {**row.provenance, "details": out["details"]}
     if randomized(entrant.model):
         fraction = torch.zeros(len(entrant.clean_correct))
         fraction[out["idx"]] = judged["correct"].float()

@@ -9,6 +9,7 @@ entrants that no unfinished match needs.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +127,40 @@ class Runner:
                         self._save_failed(label, a, a.budgets, reason)
 
     def _run_matches(self, labels: list[str], todo: Todo, evaluation: Any) -> None:
-        jobs = []
-        for label in labels:
-            for attack, budgets in todo.get(label, []):
-                if attack.view.surrogate is None:
-                    spec = self._spec(attack, budgets, label)
-                    jobs.append(((label, attack), (self.shared[label], spec, evaluation), _limit(spec)))
-        for (label, attack), outcome in self.executor.map(run_match, jobs):
-            self._store_outcome(label, attack, todo, outcome)
+        direct = [a for a in self.plan.attacks if a.view.surrogate is None]
+        # every match at once; in a cascade, one attack after the other (each defense in parallel)
+        waves = [[a] for a in direct] if self.plan.config.cascade else [direct]
+        for wave in waves:
+            jobs = []
+            for label in labels:
+                for attack, budgets in todo.get(label, []):
+                    if attack in wave:
+                        spec = self._spec(attack, budgets, label)
+                        if self.plan.config.cascade:
+                            spec = replace(spec, survivors=self._survivors(label, attack, budgets))
+                        jobs.append(((label, attack), (self.shared[label], spec, evaluation), _limit(spec)))
+            for (label, attack), outcome in self.executor.map(run_match, jobs):
+                self._store_outcome(label, attack, todo, outcome)
+
+    def _survivors(self, label: str, attack: AttackPlan, budgets: tuple[float, ...]) -> dict[float, torch.Tensor]:
+        """Per budget, the evaluated samples that every earlier (direct) attack of ``attack``'s
+        norm left robust at that budget or a smaller one (a break within a smaller ball of the
+        same norm is a break within the larger one); from the stored rows, so that a resumed run
+        cascades the same way."""
+        entrant = self.entrants[label]
+        earlier = {a.label for a in self.plan.attacks[:self.plan.attacks.index(attack)]
+                   if a.view.surrogate is None}
+        norm = attack.attack.threat_norm.value
+        rows = [m for m in self.store.matches(self.run_id)
+                if m.defense == label and m.attack in earlier and m.norm == norm and m.ok and m.robust_mask]
+        out = {}
+        for b in budgets:
+            mask = entrant.clean_correct.clone()
+            for m in rows:
+                if m.budget <= b:
+                    mask &= torch.tensor(m.robust_mask, dtype=torch.bool)
+            out[b] = mask
+        return out
 
     def _run_transfers(self, todo: Todo, evaluation: Any) -> None:
         """Transfer attacks: examples crafted once per (surrogate, attack), judged on every defense."""
