@@ -117,34 +117,32 @@ def project_l1(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
 
 
 def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor,
-                   iterations: int = 40) -> torch.Tensor:
+                   iterations: int = 25) -> torch.Tensor:
     """The Euclidean projection of ``delta`` onto {δ : ‖δ‖₁ ≤ ε, 0 ≤ x + δ ≤ 1}, exactly up to
-    bisection on the threshold (``iterations`` halvings of [0, max|δ|]): the minimiser is
-    clip(soft(δ, τ), −x, 1 − x) with the smallest τ ≥ 0 that brings its L1 norm within ε,
-    because the box and the soft threshold act coordinate-wise (KKT of the joint problem)."""
+    bisection on the threshold: the minimiser is sign(δ)·min(max(|δ| − τ, 0), room) — room being
+    the box's room in δ's direction — with the smallest τ ≥ 0 that brings its L1 norm within ε,
+    because the box and the soft threshold act coordinate-wise (KKT of the joint problem).
+    ``iterations`` halvings of [0, max|δ|] (25 reach float32 resolution); τ is the bracket's
+    upper end, so the result is always within ε."""
     n = delta.shape[0]
     flat, base = delta.flatten(1), x.flatten(1)
-    lo_box, hi_box = -base, 1 - base
     eps_t = torch.as_tensor(eps, dtype=flat.dtype, device=flat.device).expand(n).unsqueeze(1)
-
-    def shrink(tau: torch.Tensor) -> torch.Tensor:
-        soft = flat.sign() * (flat.abs() - tau).clamp_min(0)
-        return torch.maximum(torch.minimum(soft, hi_box), lo_box)
-
-    inside = shrink(torch.zeros_like(eps_t)).abs().sum(dim=1, keepdim=True) <= eps_t
-    lo = torch.zeros_like(eps_t)
-    hi = flat.abs().amax(dim=1, keepdim=True)
+    mag = flat.abs()
+    room = torch.where(flat > 0, 1 - base, base)
+    lo = torch.zeros(n, 1, dtype=flat.dtype, device=flat.device)
+    hi = mag.amax(dim=1, keepdim=True)
+    inside = torch.minimum(mag, room).sum(dim=1, keepdim=True) <= eps_t
     for _ in range(iterations):
-        mid = (lo + hi) / 2
-        over = shrink(mid).abs().sum(dim=1, keepdim=True) > eps_t
+        mid = (lo + hi) * 0.5
+        over = (mag - mid).clamp_(min=0).clamp_(max=room).sum(dim=1, keepdim=True) > eps_t
         lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
-    tau = torch.where(inside, torch.zeros_like(hi), hi)  # hi: always within ε
-    return shrink(tau).view_as(delta)
+    tau = torch.where(inside, torch.zeros_like(hi), hi)
+    return (mag - tau).clamp_(min=0).clamp_(max=room).mul_(flat.sign()).view_as(delta)
 
 
 L2OrLinf = Annotated[Norm, AfterValidator(_l2_or_linf)]
 """The type of a config's ``norm`` field for attacks defined in L2 and L∞ only (gradient steps,
-DeepFool, HopSkipJump): ``norm: L2OrLinf = Norm.LINF``; ``l0`` is a config error."""
+DeepFool, HopSkipJump): ``norm: L2OrLinf = Norm.LINF``; ``l0`` and ``l1`` are config errors."""
 
 
 def _project_l0(delta: torch.Tensor, eps_t: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ def main() -> None:
 
         def reference(x, y, model=model, version=version):
             aa = pyautoattack.AutoAttack(model, norm="Linf", eps=args.eps, version=version, device="cpu", seed=0)
-            return aa.run_standard_evaluation(x, y, batch_size=args.batch_size)
+            return aa.run_standard_evaluation(x, y, batch_size=args.batch_size)[0]  # (x_adv, y_adv)
 
         tools["arena"] = ours
         tools["pyautoattack"] = reference

@@ -37,7 +37,7 @@ from arena import hookimpl
 from arena.attack import FixedBudgetAttack, RunOutput
 from arena.errors import ConfigError
 from arena.plugin import PluginConfig
-from arena.threat import L1L2OrLinf, Norm
+from arena.threat import L1L2OrLinf, Norm, project_l1_box
 from arena_builtins.attacks.losses import Loss, attack_loss
 
 # l1-APGD's constants (reference: alpha = 1, adasp_redstep = 1.5, adasp_minstep = 10, the
@@ -280,7 +280,7 @@ def _start(x0: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
     view = (-1,) + (1,) * (x0.dim() - 1)
     if norm is Norm.L1:
         flat = x0.flatten(1)
-        return (flat + _project_l1_box(torch.randn_like(flat), flat, eps)).view_as(x0).clamp(0, 1)
+        return (flat + project_l1_box(torch.randn_like(flat), flat, eps)).view_as(x0).clamp(0, 1)
     if norm is Norm.LINF:
         t = torch.rand_like(x0).mul_(2).sub_(1)
         scale = t.flatten(1).abs().amax(1)
@@ -308,7 +308,7 @@ def _run(model, x0, y, lt, gt, eps, *, norm, steps, loss, rho, momentum, draws, 
         cur = _start(x0, norm, eps)
     elif norm is Norm.L1:  # a large-ε stage's answer, brought into this stage's ball
         flat = x0.flatten(1)
-        cur = (flat + _project_l1_box(x_init.flatten(1) - flat, flat, eps)).view_as(x0)
+        cur = (flat + project_l1_box(x_init.flatten(1) - flat, flat, eps)).view_as(x0)
     else:
         cur = x_init.clone()
     logits, value, grad = _evaluate(model, cur, y, lt, loss, draws, check=attack_id)
@@ -448,26 +448,8 @@ def _l1_step(cur, x0, grad, step, topk, eps, feats):
     sign = flat_g.sign() * (mag >= thr)
     count = sign.abs().sum(dim=1, keepdim=True).add_(1e-10)
     moved = cur.flatten(1) + sign * (step.unsqueeze(1) / count)
-    delta = _project_l1_box(moved - flat_x, flat_x, eps)
+    delta = project_l1_box(moved - flat_x, flat_x, eps)
     return (flat_x + delta).view(n, *cur.shape[1:])
-
-
-def _project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: float, iterations: int = 25) -> torch.Tensor:
-    """:func:`arena.threat.project_l1_box` on flat ``(N, d)`` tensors, worked in magnitudes:
-    |δ| shrunk by τ and capped by the box's room in δ's direction, so each bisection step is
-    three tensor operations. 25 halvings of [0, max|δ|] reach float32 resolution; τ is the upper
-    end of the bracket, so the result is always within ε."""
-    mag = delta.abs()
-    room = torch.where(delta > 0, 1 - x, x)
-    lo = torch.zeros(delta.shape[0], 1, dtype=delta.dtype, device=delta.device)
-    hi = mag.amax(dim=1, keepdim=True)
-    inside = torch.minimum(mag, room).sum(dim=1, keepdim=True) <= eps
-    for _ in range(iterations):
-        mid = (lo + hi) * 0.5
-        over = (mag - mid).clamp_(min=0).clamp_(max=room).sum(dim=1, keepdim=True) > eps
-        lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
-    tau = torch.where(inside, torch.zeros_like(hi), hi)
-    return (mag - tau).clamp_(min=0).clamp_(max=room).mul_(delta.sign())
 
 
 def _l1_checkpoint(st: dict, eps: float, feats: int, view) -> None:

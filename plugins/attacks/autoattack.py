@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from arena import hookimpl
+from arena import hookimpl, isolation
 from arena.attack import FixedBudgetAttack, RunOutput
 from arena.plugin import PluginConfig
 from arena.refs import AttackRef
@@ -90,7 +90,8 @@ class AutoAttack(FixedBudgetAttack):
     left robust, and a sample keeps the first example that fools the model, so the per-example
     worst case over the components is exact and costs only the survivors' work. Each component
     runs under its own harness (a black-box one, Square, through the query oracle, its queries
-    counted); its output is projected onto the ε-ball (FAB-T is a minimal-perturbation attack)
+    counted, in this process: the ensemble is white-box, so an attacker process would hide
+    nothing from it); its output is projected onto the ε-ball (FAB-T is a minimal-perturbation attack)
     and judged here on the model — by the majority of ``passes`` passes for a model that declares
     itself randomised, so that a lucky draw does not end a sample's cascade. The match stores
     each component's breakdown (samples attacked, broken, seconds) as the attack's details."""
@@ -126,7 +127,11 @@ class AutoAttack(FixedBudgetAttack):
                 continue
             t0 = time.perf_counter()
             seed = int(torch.randint(0, 2**31 - 1, (1,)))  # from the RNG the harness seeded
-            result = attack(model, x[rows], y[rows], eps, seed=seed)
+            # The ensemble holds the model already (it is white-box), so a black-box component
+            # (Square) gains nothing from the attacker process: it queries the oracle in process,
+            # every row still counted by its harness's ledger.
+            with isolation.setting(False):
+                result = attack(model, x[rows], y[rows], eps, seed=seed)
             x_c = (x[rows] + norm.project(result.x_adv - x[rows], eps)).clamp(0, 1)
             fooled = self._fooled(model, x_c, y[rows])
             best[rows[fooled]] = x_c[fooled]
