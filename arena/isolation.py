@@ -102,9 +102,12 @@ class AttackerHost:
     """A fresh interpreter that runs black-box attacks against a :class:`RemoteOracle`."""
 
     def __init__(self) -> None:
-        # The attacker waits on the harness for every query: one thread, so that it never spins
-        # on the cores the model's forward passes need.
-        with _environment(OMP_NUM_THREADS="1"):
+        # The attacker and the harness take turns (the attacker waits on the harness for every
+        # query, the harness on the attacker between queries), so each may use the cores while
+        # the other waits: the attacker runs the harness's thread count for each task, and its
+        # OpenMP threads sleep as soon as a parallel region ends instead of spinning on the
+        # cores that the model's forward passes need.
+        with _environment(OMP_WAIT_POLICY="PASSIVE"):
             self.worker = Worker(mp.get_context("spawn"), target=_serve, name="arena-attacker")
         self.conn = self.worker.conn
 
@@ -119,8 +122,8 @@ class AttackerHost:
         """The whole harness call ``attack(model, x, y, eps, targets, seed=seed)`` in the attacker
         process, which holds ``model`` and nothing else of the caller's; returns the AttackResult."""
         device = x.device
-        _send(self.conn, ("call", attack, model, x.cpu(), y.cpu(), eps, str(device), seed,
-                          None if targets is None else targets.cpu()))
+        _send(self.conn, ("call", torch.get_num_threads(), attack, model, x.cpu(), y.cpu(), eps, str(device),
+                          seed, None if targets is None else targets.cpu()))
         kind, value = _recv(self.conn)
         if kind == "error":
             raise value
@@ -133,8 +136,9 @@ class AttackerHost:
         """``attack.run(remote oracle, x, y, eps, targets)`` in the attacker process, answering its
         queries with ``oracle`` here; returns what ``run`` returned."""
         device = x.device
-        _send(self.conn, ("attack", attack, x.cpu(), y.cpu(), eps, None if targets is None else targets.cpu(),
-                        str(device), seed, oracle.output, oracle.budget))
+        _send(self.conn, ("attack", torch.get_num_threads(), attack, x.cpu(), y.cpu(), eps,
+                          None if targets is None else targets.cpu(), str(device), seed, oracle.output,
+                          oracle.budget))
         while True:
             kind, *rest = _recv(self.conn)
             if kind == "query":
@@ -226,10 +230,12 @@ def _serve(conn: Any, harness_end: Any = None) -> None:
             task = _recv(conn)
         except (EOFError, OSError):
             return
+        if torch.get_num_threads() != task[1]:
+            torch.set_num_threads(task[1])  # the harness's, while it waits on this process
         if task[0] == "call":
-            _call(conn, *task[1:])
+            _call(conn, *task[2:])
             continue
-        _, attack, x, y, eps, targets, device, seed, output, budget = task
+        _, _, attack, x, y, eps, targets, device, seed, output, budget = task
         device = torch.device(device)
         oracle = RemoteOracle(conn, x.shape[0], output, budget)
         try:

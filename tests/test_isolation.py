@@ -231,6 +231,37 @@ def test_a_black_box_attack_runs_where_no_model_exists(tmp_path, monkeypatch, is
         assert seen["pid"] == os.getpid() and "FeatureClassifier" in seen["modules"]
 
 
+class Threads(FixedBudgetAttack):
+    """Test black-box attack that reports the threads it runs with, through its details."""
+
+    id: ClassVar[str] = "threads"
+    knowledge: ClassVar = arena.threat.Knowledge.BLACK_BOX
+
+    def run(self, model, x, y, eps, targets):
+        from arena.attack import RunOutput
+
+        return RunOutput(x, details={"threads": torch.get_num_threads(), "pid": os.getpid(),
+                                     "policy": os.environ.get("OMP_WAIT_POLICY")})
+
+
+def test_the_attacker_process_takes_the_harness_threads_without_spinning(monkeypatch):
+    """Attacker and harness take turns: the attacker runs the harness's thread count for each
+    task, and its OpenMP threads sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE)."""
+    monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "1")
+    from arena import testing
+
+    model, (x, y) = testing.trained_model(), testing.attack_batch(4)
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            details = Threads()(model, x, y, 0.1, seed=0).details
+            assert details["pid"] != os.getpid()
+            assert details["threads"] == threads and details["policy"] == "PASSIVE"
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("isolated", [True, False])
 def test_a_gray_box_attack_runs_where_the_defense_does_not_exist(tmp_path, monkeypatch, isolated):
     monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "1" if isolated else "0")
