@@ -102,6 +102,64 @@ def test_hopskipjump_distances_shrink_with_iterations():
     assert float(long.distance.median()) < 0.9 * float(short.distance.median())
 
 
+class _LinearOracle:
+    """A labels-only oracle of a linear boundary through x = 0.5 with normal ``w`` (label 0 on
+    the side ``w`` points to), recording each call's row count and the samples it serves."""
+
+    def __init__(self, w: torch.Tensor, n: int) -> None:
+        self.w, self.budget, self.calls = w, None, []
+        self.counts = torch.zeros(n, dtype=torch.long)
+
+    def __call__(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        self.calls.append((rows.shape[0], set(index.tolist())))
+        self.counts += torch.bincount(index, minlength=self.counts.numel())
+        return ((rows.flatten(1) - 0.5) @ self.w <= 0).long()
+
+
+def test_hopskipjump_streams_all_probes_in_full_oracle_calls_and_finds_the_normal():
+    """The probes of all samples go out in calls of exactly ``chunk`` rows (the last excepted),
+    a call serving several samples, so that an isolated attacker pays few pipe round trips; the
+    baseline-corrected estimate still points along the boundary's normal."""
+    torch.manual_seed(0)
+    d, evals = 24, torch.tensor([400, 300, 500])
+    w = torch.randn(d)
+    r = torch.randn(3, d)
+    cur = 0.5 + 0.05 * (r - (r @ w / w.dot(w)).unsqueeze(1) * w)  # on the boundary
+    oracle = _LinearOracle(w, 3)
+    decide = decision.Decider(oracle, torch.ones(3, dtype=torch.long), None, chunk=64)
+    index = torch.arange(3)
+    direction = decision.estimate_directions(decide, cur.view(3, 1, 4, 6), index, evals,
+                                             torch.full((3,), 0.01), decision.Norm.L2)
+    sizes = [rows for rows, _ in oracle.calls]
+    assert len(sizes) == -(-1200 // 64) and set(sizes[:-1]) == {64} and sizes[-1] == 1200 % 64
+    assert any(len(samples) > 1 for _, samples in oracle.calls)
+    assert torch.equal(oracle.counts, evals)
+    cos = direction.flatten(1) @ w / w.norm()
+    assert (cos > 0.85).all(), cos
+
+
+def test_hopskipjump_sizes_its_oracle_calls_by_the_input_on_a_cpu(monkeypatch):
+    """256 rows, fewer past 1,024 features (about 1 MiB of input, a power of two of rows), where
+    512-row calls made the model's activation buffers fault in afresh at every call."""
+    assert decision.default_chunk(torch.device("cpu"), 28 * 28) == 256
+    assert decision.default_chunk(torch.device("cpu"), 8 * 8) == 256
+    assert decision.default_chunk(torch.device("cpu"), 32 * 32) == 256
+    assert decision.default_chunk(torch.device("cpu"), 32 * 32 + 1) == 128
+    assert decision.default_chunk(torch.device("cpu"), 3 * 32 * 32) == 64
+    assert decision.default_chunk(torch.device("cpu"), 3 * 224 * 224) == 16
+    monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "0")  # to watch the model's batches here
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    sizes = []
+    model.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    result = make("hopskipjump", max_iterations=2, init_evals=100)(model, x, y, seed=0)
+    assert bool(result.success.all())
+    assert max(sizes) == 256 and sizes.count(256) >= 3  # 800 first-iteration probes: 3 full calls
+
+
 def _white_box_median_l2(model, x, y) -> float:
     """Median minimal L2 of DeepFool when registered, else of a grid search over PGD-L2's ε."""
     deepfool = blackbox_registry().attacks.get("deepfool")

@@ -137,7 +137,7 @@ def test_jsma_batched_equals_per_sample(data):
     model, x, y = data
     x, y = x[:5], y[:5]
     targets = (y + 2) % 10
-    for params in ({}, {"single_pixel": True}):
+    for params in ({}, {"single_pixel": True}, {"saliency": "pairs"}, {"saliency": "target"}):
         batched = make("jsma", **params)(model, x, y, targets=targets)
         for i in range(len(y)):
             alone = make("jsma", **params)(model, x[i:i + 1], y[i:i + 1], targets=targets[i:i + 1])
@@ -188,9 +188,9 @@ def test_jsma_pareto_candidates_give_the_full_pair_search(ties):
 def test_jsma_blocked_pair_search_is_exact(data, monkeypatch):
     model, x, y = data
     targets = (y + 1) % 10
-    whole = make("jsma")(model, x[:12], y[:12], targets=targets[:12])
+    whole = make("jsma", saliency="pairs")(model, x[:12], y[:12], targets=targets[:12])
     monkeypatch.setattr(jsma, "_PAIR_BLOCK", 64 * 5)
-    blocked = make("jsma")(model, x[:12], y[:12], targets=targets[:12])
+    blocked = make("jsma", saliency="pairs")(model, x[:12], y[:12], targets=targets[:12])
     assert torch.equal(whole.x_adv, blocked.x_adv)
 
 
@@ -227,3 +227,81 @@ def test_jsma_decreasing_theta_only_lowers_features(data):
 def test_jsma_rejects_zero_theta():
     with pytest.raises(ConfigError, match="theta"):
         make("jsma", theta=0.0)
+
+
+# --- JSMA: which features the saliency maps pick -------------------------------------------
+
+
+def _first_step(model, x, y, targets, **params):
+    """The features one JSMA iteration changes, per sample (as index sets)."""
+    out = make("jsma", max_iterations=1, **params)(model, x, y, targets=targets, seed=0).x_adv
+    return [set(row.nonzero().flatten().tolist()) for row in (out != x).flatten(1)]
+
+
+def _top2(score: torch.Tensor, movable: torch.Tensor) -> list[set]:
+    return [set(row.topk(2).indices.tolist()) for row in score.masked_fill(~movable, float("-inf"))]
+
+
+@pytest.mark.parametrize("theta", [1.0, 0.3])
+def test_jsma_default_picks_the_largest_first_order_gain_of_the_targets_log_softmax(data, theta):
+    """The default map: ∂ log softmax_t / ∂x_i times the change θ can still make (clipped to 1)."""
+    model, x, y = data
+    x, y = x[:16], y[:16]
+    targets = (y + 3) % 10
+    xr = x.clone().requires_grad_(True)
+    logp = torch.log_softmax(model(xr), dim=1).gather(1, targets.unsqueeze(1)).sum()
+    (grad,) = torch.autograd.grad(logp, xr)
+    gain = (grad * ((x + theta).clamp(0, 1) - x)).flatten(1)
+    expected = _top2(gain, (x < 1).flatten(1))
+    assert _first_step(model, x, y, targets, theta=theta) == expected
+    # the ranking is not ART's (raw ∂Z_t/∂x) on this batch
+    assert _first_step(model, x, y, targets, theta=theta, saliency="target") != expected
+
+
+def test_jsma_target_map_is_arts_top_two_target_logit_derivatives(data):
+    model, x, y = data
+    x, y = x[:16], y[:16]
+    targets = (y + 3) % 10
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xr).gather(1, targets.unsqueeze(1)).sum(), xr)
+    expected = _top2(grad.flatten(1), (x < 1).flatten(1))
+    assert _first_step(model, x, y, targets, saliency="target") == expected
+
+
+def test_jsma_soft_margin_gradient_is_the_log_softmax_gradient_rescaled():
+    """``_soft_margin_gradient`` = ∇ log softmax_c / (1 − p_c), also where p_c rounds to 1."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(12, 5)
+    x = torch.rand(6, 12, requires_grad=True)
+    goal = torch.tensor([0, 1, 2, 3, 4, 0])
+    logits = layer(x)
+    logp = torch.log_softmax(logits, dim=1)
+    (want,) = torch.autograd.grad(logp.gather(1, goal.unsqueeze(1)).sum(), x, retain_graph=True)
+    got = jsma._soft_margin_gradient(logits, x, goal, torch.ones(6, dtype=torch.bool))
+    scale = 1 - logp.detach().gather(1, goal.unsqueeze(1)).exp()
+    torch.testing.assert_close(got * scale, want, rtol=1e-4, atol=1e-6)
+    confident = x.detach().clone().requires_grad_(True)  # p_c = 1 in float32: same direction
+    logits = 200 * layer(confident)
+    top = logits.detach().argmax(1)
+    got = jsma._soft_margin_gradient(logits, confident, top, torch.ones(6, dtype=torch.bool))
+    assert torch.isfinite(got).all() and (got.flatten(1).norm(dim=1) > 0).all()
+
+
+def test_jsma_default_fools_more_with_fewer_features_than_the_paper_and_art_maps(data):
+    """Where the pair map (the old default) and ART's map changed more pixels: targeted and
+    untargeted, at γ = 1 and within γ = 0.1."""
+    model, x, y = data
+    targets = (y + 1) % 10
+    for goal in (targets, None):
+        ours = make("jsma")(model, x, y, targets=goal, seed=0)
+        for params in ({"saliency": "pairs"}, {"saliency": "target"},
+                       {"saliency": "pairs", "untargeted_goal": "random"}):
+            peer = make("jsma", **params)(model, x, y, targets=goal, seed=0)
+            assert bool(ours.success.all()) and bool(peer.success.all())
+            assert float(ours.distance.mean()) <= 0.8 * float(peer.distance.mean())
+            assert float(ours.distance.median()) < float(peer.distance.median())
+    ours = make("jsma", max_distortion=0.1)(model, x, y, targets=targets, seed=0)
+    for saliency in ("pairs", "target"):
+        peer = make("jsma", max_distortion=0.1, saliency=saliency)(model, x, y, targets=targets, seed=0)
+        assert float(ours.success.float().mean()) >= float(peer.success.float().mean()) + 0.15
+    assert int((ours.x_adv != x).flatten(1).sum(dim=1).max()) <= 6  # ⌊0.1 · 64⌋, never past γ·D

@@ -1,8 +1,11 @@
 """Decision-based black-box attacks, batched over samples: HopSkipJump and the Boundary attack.
 
 Both see the model only through a labels-only :class:`arena.model.QueryOracle`. Every phase sends
-the rows of all still-running samples in one oracle call, with ``index`` naming the sample each
-row belongs to, so the oracle's per-sample counts are exact. Before each phase a sample checks
+the rows of all still-running samples together, in oracle calls of up to ``query_batch_size``
+rows (HopSkipJump's gradient probes of all samples as one stream of full calls), with ``index``
+naming the sample each row belongs to, so the oracle's per-sample counts are exact. Black-box
+attacks run in an attacker process by default (:mod:`arena.isolation`), where every call is a
+pipe round trip, so the calls are kept few. Before each phase a sample checks
 what its budget (``max_queries``) still allows: a binary search or a step-size search stops
 early, a gradient estimate uses fewer probes, and a sample that cannot pay for a useful
 iteration leaves the batch with the best verified adversarial point it has. The oracle is
@@ -27,12 +30,37 @@ from arena.threat import Knowledge, L2OrLinf, Norm
 _UNLIMITED = 1 << 62
 _INIT_TOLERANCE = 1e-3  # blend bisection of the starting point (Chen et al.'s code and ART)
 _CHUNK_HELP = "most rows per oracle call; default 512 on a CPU, 16,384 on a GPU"
+_HSJ_CHUNK_HELP = ("most rows per oracle call; default on a CPU 256, fewer for inputs above 1,024 "
+                   "features (about 1 MiB of input per call, at least 16 rows), on a GPU 16,384")
+_CPU_CALL_FLOATS = 1 << 18  # input floats per oracle call on a CPU when sized by the input
 _MAX_HALVINGS = 25  # geometric step search: stop after ξ has shrunk by 2**-25 (the paper: never)
 
 
 def _col(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """A per-row value ``t`` of shape ``(n,)`` viewed to broadcast against ``ref`` ``(n, ...)``."""
     return t.view(-1, *([1] * (ref.dim() - 1)))
+
+
+def default_chunk(device: torch.device, features: int | None = None) -> int:
+    """Rows per oracle call: 16,384 on a GPU; on a CPU 512, or with ``features`` (the input's
+    size) the power of two nearest below ``2**18 / features`` rows, within [16, 256].
+
+    The oracle runs each call as one forward pass. On a CPU a batch buys nothing past a few
+    dozen rows (one thread; both CNNs of the benchmarks cost the same per row from 32 to 256
+    rows), while big batches' activation buffers can be handed back to the OS by the allocator
+    after a call and faulted in afresh at the next, depending on the heap's state: at 512 rows
+    the Fashion-MNIST CNN of ``benchmarks/art_reference.py`` took up to 1.9 M minor faults in
+    one 30-sample HopSkipJump run, 40% of its time in the kernel and twice the time of 256-row
+    calls; the 8×8 digits CNN 3,000 faults per call and 1.9× the time per row. ART's
+    HopSkipJump predicts in 64-row batches and never paid this. 256 rows (fewer for inputs
+    above 1,024 features, about 1 MiB of input per call) stayed clear of it and keeps the calls,
+    each a pipe round trip to an isolated attacker, few."""
+    if device.type == "cuda":
+        return 16_384
+    if features is None:
+        return 512
+    rows = max(1, _CPU_CALL_FLOATS // max(1, features))
+    return min(256, max(16, 1 << (rows.bit_length() - 1)))
 
 
 class Decider:
@@ -44,9 +72,9 @@ class Decider:
     """
 
     def __init__(self, oracle: QueryOracle, y: torch.Tensor, targets: torch.Tensor | None,
-                 chunk: int | None) -> None:
+                 chunk: int | None, features: int | None = None) -> None:
         self.oracle, self.targets = oracle, targets
-        self.chunk = chunk or (16_384 if oracle.counts.device.type == "cuda" else 512)
+        self.chunk = chunk or default_chunk(oracle.counts.device, features)
         self.goal = (targets if targets is not None else y).to(oracle.counts.device)
 
     def left(self) -> torch.Tensor:
@@ -54,8 +82,10 @@ class Decider:
             return torch.full_like(self.oracle.counts, _UNLIMITED)
         return self.oracle.budget - self.oracle.counts
 
-    def __call__(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        rows = rows.clamp(0, 1)
+    def __call__(self, rows: torch.Tensor, index: torch.Tensor, clamped: bool = False) -> torch.Tensor:
+        """Which ``rows`` are adversarial (``clamped``: the caller already clipped them to [0, 1])."""
+        if not clamped:
+            rows = rows.clamp(0, 1)
         labels = torch.cat([self.oracle(rows[i:i + self.chunk], index[i:i + self.chunk])
                             for i in range(0, rows.shape[0], self.chunk)])
         goal = self.goal[index]
@@ -139,40 +169,42 @@ class Best:
         self.dist[index[better]] = dist[better]
 
 
-def _directions(decide: Decider, cur: torch.Tensor, index: torch.Tensor, evals: torch.Tensor,
-                delta: torch.Tensor, norm: Norm) -> torch.Tensor:
+def estimate_directions(decide: Decider, cur: torch.Tensor, index: torch.Tensor,
+                        evals: torch.Tensor, delta: torch.Tensor, norm: Norm) -> torch.Tensor:
     """Monte-Carlo estimate of the boundary's normal at ``cur`` from ``evals[i]`` probes of radius
     ``delta[i]`` (Chen et al. 2020, §4.1 eq. 9 with the baseline of eq. 16; Gaussian probes for L2,
-    uniform for L∞, as in their code): unit L2 direction for L2, its sign for L∞ (§4.2)."""
-    n, e = cur.shape[0], int(evals.max())
-    shape = (n, e) + cur.shape[1:]
-    if norm is Norm.L2:
-        noise = torch.randn(shape, dtype=cur.dtype, device=cur.device)
-    else:
-        noise = torch.rand(shape, dtype=cur.dtype, device=cur.device) * 2 - 1
-    ones = [1] * (cur.dim() - 1)
-    noise = noise / noise.flatten(2).norm(dim=2).view(n, e, *ones)
-    rad = delta.view(n, 1, *ones)
-    probes = (cur.unsqueeze(1) + rad * noise).clamp(0, 1)
-    noise = (probes - cur.unsqueeze(1)) / rad
-    valid = torch.arange(e, device=cur.device) < evals.unsqueeze(1)
-    fval = torch.zeros(n, e, dtype=cur.dtype, device=cur.device)
-    fval[valid] = decide(probes[valid], index.unsqueeze(1).expand(n, e)[valid]).to(cur.dtype) * 2 - 1
-    mean = fval.sum(1, keepdim=True) / evals.unsqueeze(1)
-    coef = torch.where(mean.abs() == 1, fval, fval - mean) * valid
-    grad = (coef.view(n, e, *ones) * noise).sum(1)
+    uniform for L∞, as in their code): unit L2 direction for L2, its sign for L∞ (§4.2).
+
+    The probes of all samples form one stream of rows, sent in oracle calls of ``decide.chunk``
+    rows each (a call may hold the probes of several samples, a sample's probes may span calls),
+    so every call but the last is full and the pipe round trips to an isolated attacker's oracle
+    are as few as the chunk size allows. Only per-sample sums are kept (``Σ f·u``, ``Σ u``,
+    ``Σ f``; the baseline-corrected sum is ``Σ f·u − mean(f)·Σ u``), so memory is one chunk of
+    probes whatever the probe count."""
+    n, shape = cur.shape[0], cur.shape[1:]
+    flat = cur.flatten(1)
+    owner = torch.repeat_interleave(torch.arange(n, device=cur.device), evals)
+    s_fu, s_u = torch.zeros_like(flat), torch.zeros_like(flat)
+    s_f = torch.zeros(n, dtype=cur.dtype, device=cur.device)
+    for r0 in range(0, owner.numel(), decide.chunk):
+        own = owner[r0:r0 + decide.chunk]
+        if norm is Norm.L2:
+            noise = torch.randn(own.numel(), flat.shape[1], dtype=cur.dtype, device=cur.device)
+        else:
+            noise = torch.rand(own.numel(), flat.shape[1], dtype=cur.dtype, device=cur.device).mul_(2).sub_(1)
+        rad = delta[own].unsqueeze(1)
+        base = flat[own]
+        probes = noise.div_(noise.norm(dim=1, keepdim=True)).mul_(rad).add_(base).clamp_(0, 1)
+        fval = decide(probes.view(-1, *shape), index[own], clamped=True).to(cur.dtype).mul_(2).sub_(1)
+        unit = probes.sub_(base).div_(rad)  # the probe direction after clipping, as in their code
+        s_fu.index_add_(0, own, unit * fval.unsqueeze(1))
+        s_u.index_add_(0, own, unit)
+        s_f.index_add_(0, own, fval)
+    mean = (s_f / evals.to(cur.dtype)).unsqueeze(1)
+    grad = torch.where(mean.abs() == 1, s_fu, s_fu - mean * s_u).view_as(cur)
     if norm is Norm.LINF:
         return grad.sign()
     return grad / _col(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
-
-
-def estimate_directions(decide: Decider, cur: torch.Tensor, index: torch.Tensor,
-                        evals: torch.Tensor, delta: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """:func:`_directions` for groups of samples whose probes fit into one oracle chunk."""
-    per = max(1, decide.chunk // int(evals.max()))
-    parts = [_directions(decide, cur[s:s + per], index[s:s + per], evals[s:s + per], delta[s:s + per], norm)
-             for s in range(0, cur.shape[0], per)]
-    return torch.cat(parts)
 
 
 def step_search(decide: Decider, x0: torch.Tensor, cur: torch.Tensor, update: torch.Tensor,
@@ -201,7 +233,7 @@ class HopSkipJumpConfig(PluginConfig):
     init_size: int = Field(1000, ge=0, description="noise trials for a start (Table II: 1,000; ART: 100)")
     gamma: float = Field(1.0, gt=0, description="θ = γ / d^1.5 (L2) or γ / d² (L∞)")
     max_queries: int | None = Field(None, ge=1, description="per-sample query budget")
-    query_batch_size: int | None = Field(None, ge=1, description=_CHUNK_HELP)
+    query_batch_size: int | None = Field(None, ge=1, description=_HSJ_CHUNK_HELP)
 
 
 class HopSkipJump(MinimalAttack):
@@ -226,7 +258,7 @@ class HopSkipJump(MinimalAttack):
 
     def run(self, model, x, y, eps, targets):
         cfg, norm = self.config, self.threat_norm
-        decide = Decider(model, y, targets, cfg.query_batch_size)
+        decide = Decider(model, y, targets, cfg.query_batch_size, features=x[0].numel())
         start, found = start_points(decide, x, y, targets, cfg.init_size)
         best, active = Best(x, norm), found.nonzero().squeeze(1)
         cur, d = start[active], x[0].numel()
