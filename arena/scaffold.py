@@ -188,7 +188,7 @@ def derive_names(name: str) -> Names:
     """Validate NAME and derive the distribution, package, attack id and class names."""
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"invalid plugin name {name!r}: use letters, digits and single dashes, "
-                          "starting with a letter (e.g. arena-noise)")
+                          "starting with a letter (e.g. arena-jitter)")
     pkg = name.lower().replace("-", "_")
     if pkg in RESERVED_PACKAGES or keyword.iskeyword(pkg) or pkg in sys.stdlib_module_names:
         raise ConfigError(f"invalid plugin name {name!r}: its package '{pkg}' would shadow "

@@ -75,21 +75,21 @@ def test_generated_package_installs_and_passes_its_contract(tmp_path):
 
 
 def test_skeleton_files(tmp_path):
-    target = scaffold("arena-noise", tmp_path)
-    assert target == tmp_path / "arena-noise"
+    target = scaffold("arena-jitter", tmp_path)
+    assert target == tmp_path / "arena-jitter"
     files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
-    assert files == ["README.md", "arena_noise/__init__.py", "arena_noise/plugin.py",
+    assert files == ["README.md", "arena_jitter/__init__.py", "arena_jitter/plugin.py",
                      "pyproject.toml", "tests/test_plugin.py"]
     pyproject = (target / "pyproject.toml").read_text()
-    assert '[project.entry-points.arena]\narena-noise = "arena_noise.plugin"' in pyproject
+    assert '[project.entry-points.arena]\narena-jitter = "arena_jitter.plugin"' in pyproject
     assert '"adversarial-arena"' in pyproject and "setuptools.build_meta" in pyproject
-    assert 'id: ClassVar[str] = "noise"' in (target / "arena_noise/plugin.py").read_text()
-    assert 'attack_id = "noise"' in (target / "tests/test_plugin.py").read_text()
+    assert 'id: ClassVar[str] = "jitter"' in (target / "arena_jitter/plugin.py").read_text()
+    assert 'attack_id = "jitter"' in (target / "tests/test_plugin.py").read_text()
 
 
 def test_empty_existing_folder_is_used(tmp_path):
-    (tmp_path / "arena-noise").mkdir()
-    assert (scaffold("arena-noise", tmp_path) / "pyproject.toml").is_file()
+    (tmp_path / "arena-jitter").mkdir()
+    assert (scaffold("arena-jitter", tmp_path) / "pyproject.toml").is_file()
 
 
 @pytest.mark.parametrize("name", ["1noise", "bad_name", "-noise", "noise-", "a--b", "ärena", "arena", "json"])
