@@ -241,12 +241,14 @@ class Threads(FixedBudgetAttack):
         from arena.attack import RunOutput
 
         return RunOutput(x, details={"threads": torch.get_num_threads(), "pid": os.getpid(),
-                                     "policy": os.environ.get("OMP_WAIT_POLICY")})
+                                     "spins": os.environ.get("GOMP_SPINCOUNT")})
 
 
 def test_the_attacker_process_takes_the_harness_threads_without_spinning(monkeypatch):
+    from arena import isolation
+
     """Attacker and harness take turns: the attacker runs the harness's thread count for each
-    task, and its OpenMP threads sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE)."""
+    task, and its OpenMP threads spin only briefly before they sleep (GOMP_SPINCOUNT)."""
     monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "1")
     from arena import testing
 
@@ -257,7 +259,7 @@ def test_the_attacker_process_takes_the_harness_threads_without_spinning(monkeyp
             torch.set_num_threads(threads)
             details = Threads()(model, x, y, 0.1, seed=0).details
             assert details["pid"] != os.getpid()
-            assert details["threads"] == threads and details["policy"] == "PASSIVE"
+            assert details["threads"] == threads and details["spins"] == isolation.SPINS
     finally:
         torch.set_num_threads(before)
 
