@@ -109,6 +109,9 @@ def test_a_randomised_model_is_judged_by_the_majority_of_passes(data):
     # one pass: about 30% look broken by luck; 21 passes: a break needs 11 wrong answers
     assert lucky.details["components"][0]["broken"] >= 6
     assert fair.details["components"][0]["broken"] <= 2
+    assert "eot_draws" not in fair.details  # a PGD step averages nothing
+    rand = make(version="rand", steps=2, eot_iter=3)(noisy, x[:8], y[:8], 0.01, seed=0)
+    assert rand.details["eot_draws"] == 3
 
 
 @pytest.mark.parametrize("params, message", [

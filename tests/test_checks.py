@@ -174,3 +174,14 @@ def test_a_cascade_does_not_compare_conditional_accuracies(tmp_path):
     models, matches = _store(tmp_path, rows)
     assert _checks(flags(models, matches)) == ["single-step-wins"]
     assert flags(models, matches, cascade=True) == []
+
+
+def test_an_eot_ensemble_answers_the_randomised_outputs_flag(tmp_path):
+    checks = {"randomized": True}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rows = [("autoattack", "white-box", 0.1, "1000", 500, 0.75)]
+    plain = flags(*_store(tmp_path / "a", rows, checks))
+    assert [f.check for f in plain] == ["randomized-without-eot"]
+    eot = {"autoattack": {"details": {"components": [], "eot_draws": 20}}}
+    assert flags(*_store(tmp_path / "b", rows, checks, provenance=eot)) == []

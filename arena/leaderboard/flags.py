@@ -46,13 +46,20 @@ def flags(models: list[ModelRecord], matches: list[MatchRecord], tolerance: floa
             found += _single_step(d, mine, tolerance)
         found += _weaker_access(d, mine, unfinished)
         found += _score_based_component(d, mine)
-        if model.checks.get("randomized") and not any(m.knowledge == "adaptive" for m in mine):
+        if model.checks.get("randomized") and not any(_averages_draws(m) for m in mine):
             tried = _unfinished_text(m for m in unfinished if m.knowledge == "adaptive")
             message = (f"outputs are randomised and no adaptive attack finished ({tried})" if tried else
                        "outputs are randomised but no adaptive attack was run")
             found.append(Flag(d, "randomized-without-eot", message,
                               "stochastic gradients; add an EOT attack (eot, cw-eot)"))
     return found
+
+
+def _averages_draws(m: MatchRecord) -> bool:
+    """An adaptive attack, or one that reports averaging its gradients over the model's draws
+    (details ``eot_draws`` > 1: AutoAttack's ``rand`` version)."""
+    draws = (m.provenance.get("details") or {}).get("eot_draws")
+    return m.knowledge == "adaptive" or (isinstance(draws, int) and draws > 1)
 
 
 def _model_flags(d: str, model: ModelRecord) -> list[Flag]:

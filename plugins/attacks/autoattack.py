@@ -139,7 +139,11 @@ class AutoAttack(FixedBudgetAttack):
             queries[rows] += result.queries.to(queries.device)
             entry["broken"] = int(fooled.sum())
             entry["seconds"] = round(time.perf_counter() - t0, 3)
-        return RunOutput(best, queries, {"components": report})
+        details: dict[str, Any] = {"components": report}
+        eot = max((getattr(a.config, "eot_iter", 1) for _, a in self.components), default=1)
+        if eot > 1 and getattr(model, "randomized", False):
+            details["eot_draws"] = eot  # gradients averaged over draws: an adaptive (EOT) evaluation
+        return RunOutput(best, queries, details)
 
     def _at_budget(self, attack, eps: float):
         """A minimal component that takes the budget of interest as config (FAB's ``eps``: its
