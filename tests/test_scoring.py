@@ -350,3 +350,34 @@ budgets = [0.1, 0.3]
     worst = headers.index("worst ε=0.3")
     row = board.sections[0].rows[0]
     assert row[worst] == pytest.approx(rows[("standard", "pgd", 0.3)].robust_accuracy)
+
+
+def test_a_resumed_cascade_attacks_the_same_survivors(tmp_path, reg):
+    import sqlite3
+
+    attacks = """
+[[attacks]]
+id = "fgsm"
+budgets = [0.1]
+
+[[attacks]]
+name = "seen-01"
+id = "seen"
+budgets = [0.1]
+"""
+    SEEN.clear()
+    _, store, run_id, rows = tournament(tmp_path, reg, attacks, extra="cascade = true", samples=40)
+    first = sum(SEEN)
+    store.close()
+    with sqlite3.connect(tmp_path / "r.db") as conn:  # as if the run had stopped after fgsm
+        conn.execute("DELETE FROM matches WHERE attack = 'seen-01'")
+        conn.execute("UPDATE runs SET status = 'interrupted'")
+    SEEN.clear()
+    path = tmp_path / "t.toml"
+    again = Store(tmp_path / "r.db")
+    resumed = Runner(load_tournament(path, reg), again, cache_dir=tmp_path.parent / "cache", progress=False,
+                     executor=InlineExecutor()).run(resume=True)
+    assert resumed == run_id
+    assert sum(SEEN) == first == sum(rows[("standard", "fgsm", 0.1)].robust_mask)
+    (row,) = [m for m in again.matches(run_id) if m.attack == "seen-01"]
+    assert row.robust_mask == rows[("standard", "seen-01", 0.1)].robust_mask
