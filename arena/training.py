@@ -63,6 +63,21 @@ def predict(model: nn.Module | Callable, x: torch.Tensor, batch_size: int = 512)
     return torch.cat(outs) if outs else torch.empty(0)
 
 
+def judged(model: nn.Module | Callable, x: torch.Tensor, passes: int, *labels: torch.Tensor,
+           batch_size: int = 512) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each of ``labels``: whether ``model`` gives it to each input on the majority of
+    ``passes`` passes, and the fraction of passes that do, all from the same passes. A model
+    that does not declare itself randomised (``randomized``) is judged on one pass."""
+    n = passes if getattr(model, "randomized", False) else 1
+    hits = [torch.zeros(len(x), dtype=torch.long, device=t.device) for t in labels]
+    with torch.no_grad():
+        for _ in range(n):
+            pred = predict(model, x, batch_size).argmax(1)
+            for h, t in zip(hits, labels):
+                h += (pred.to(t.device) == t).long()
+    return [(h * 2 > n, h.float() / n) for h in hits]
+
+
 def accuracy(model: nn.Module | Callable, data: Split, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``data``."""
     was_training = getattr(model, "training", False)

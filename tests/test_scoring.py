@@ -108,13 +108,13 @@ def reg():
     return arena.load_plugins(extra=[("scoring-plugins", plugins)])
 
 
-def tournament(tmp_path, reg, attacks, defenses="", extra="", samples=40):
+def tournament(tmp_path, reg, attacks, defenses="", extra="", samples=40, resume=False):
     path = tmp_path / "t.toml"
     path.write_text(HEAD.format(samples=samples, extra=extra, defenses=defenses, attacks=attacks))
     store = Store(tmp_path / "r.db")
     runner = Runner(load_tournament(path, reg), store, cache_dir=tmp_path.parent / "cache", progress=False,
                     executor=InlineExecutor())
-    run_id = runner.run()
+    run_id = runner.run(resume=resume)
     rows = {(r.defense, r.attack, r.budget): r for r in store.matches(run_id)}
     return runner, store, run_id, rows
 
@@ -373,11 +373,7 @@ budgets = [0.1]
         conn.execute("DELETE FROM matches WHERE attack = 'seen-01'")
         conn.execute("UPDATE runs SET status = 'interrupted'")
     SEEN.clear()
-    path = tmp_path / "t.toml"
-    again = Store(tmp_path / "r.db")
-    resumed = Runner(load_tournament(path, reg), again, cache_dir=tmp_path.parent / "cache", progress=False,
-                     executor=InlineExecutor()).run(resume=True)
+    _, _, resumed, again = tournament(tmp_path, reg, attacks, extra="cascade = true", samples=40, resume=True)
     assert resumed == run_id
     assert sum(SEEN) == first == sum(rows[("standard", "fgsm", 0.1)].robust_mask)
-    (row,) = [m for m in again.matches(run_id) if m.attack == "seen-01"]
-    assert row.robust_mask == rows[("standard", "seen-01", 0.1)].robust_mask
+    assert again[("standard", "seen-01", 0.1)].robust_mask == rows[("standard", "seen-01", 0.1)].robust_mask

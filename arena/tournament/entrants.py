@@ -17,8 +17,9 @@ from arena.defense import DetectorDefense, InferenceDefense, PretrainedDefense, 
 from arena.model import default_device, seeded
 from arena.refs import DatasetRef
 from arena.registry import Registry
+from arena.training import judged
 from arena.tournament.cache import ModelCache, content_key, numerics
-from arena.tournament.matches import Entrant, judged_as
+from arena.tournament.matches import Entrant
 from arena.tournament.plan import DefensePlan
 from arena.tournament.store import encode_mask
 
@@ -64,8 +65,9 @@ def prepare(spec: EntrantSpec, data: DataSplits, evaluation: Split, *parents: En
     seconds = time.perf_counter() - start
     model, detector = built.model, built.detector
     with seeded(spec.seed, device):  # a randomised model's clean answers must not depend on the RNG's history
-        correct = judged_as(model, evaluation.x.to(device), evaluation.y.to(device), spec.judge_passes,
-                            spec.batch_size)[0].cpu()
+        ((correct, _),) = judged(model, evaluation.x.to(device), spec.judge_passes, evaluation.y.to(device),
+                                 batch_size=spec.batch_size)
+        correct = correct.cpu()
         fpr = None
         if detector is not None:
             with torch.no_grad():

@@ -25,7 +25,7 @@ from arena.defense import Defense, DetectorDefense
 from arena.errors import ArenaError
 from arena.model import default_device, seeded, torch_threads_for
 from arena.threat import within
-from arena.training import predict
+from arena.training import judged, predict
 from arena.tournament.plan import AttackPlan, View
 from arena.tournament.store import MatchRow, encode_mask
 
@@ -124,18 +124,6 @@ def run_match(entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
 def randomized(model: Any) -> bool:
     """Whether ``model`` declares that its outputs change between calls (``randomized``)."""
     return bool(getattr(model, "randomized", False))
-
-
-def judged_as(model: Any, x: torch.Tensor, labels: torch.Tensor, passes: int,
-              batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per input, whether the model gives ``labels`` on the majority of its passes (one pass for a
-    deterministic model), and the fraction of passes that give it."""
-    n = passes if randomized(model) else 1
-    hits = torch.zeros(len(x), dtype=torch.long, device=labels.device)
-    with torch.no_grad():
-        for _ in range(n):
-            hits += (predict(model, x, batch_size).argmax(1).to(labels.device) == labels).long()
-    return hits * 2 > n, hits.float() / n
 
 
 def choose_targets(mode: str | int, logits: torch.Tensor, y: torch.Tensor,
@@ -243,10 +231,19 @@ def _judge_rows(entrant: Entrant, x: torch.Tensor, y: torch.Tensor, targets: tor
     randomised is judged over ``spec.judge_passes`` passes, and fooled means fooled on the
     majority of them: a lucky draw is not a break."""
     x_adv = result.x_adv
-    if eps is None and not math.isinf(budget):
+    clipped = eps is None and not math.isinf(budget)
+    if clipped:
         x_adv = (x + result.norm.project(x_adv - x, budget)).clamp(0, 1)
-    correct, fraction = judged_as(entrant.model, x_adv, y, spec.judge_passes)
-    reached = judged_as(entrant.model, x_adv, targets, spec.judge_passes)[0] if targets is not None else ~correct
+    if (targets is None and not clipped and not spec.attack.view.off_target
+            and not randomized(entrant.model)):
+        # the harness judged this very example on this very model, once: its verdict stands
+        correct = ~result.success
+        fraction, reached = correct.float(), result.success
+    elif targets is None:
+        (correct, fraction), = judged(entrant.model, x_adv, spec.judge_passes, y)
+        reached = ~correct
+    else:
+        (correct, fraction), (reached, _) = judged(entrant.model, x_adv, spec.judge_passes, y, targets)
     if entrant.detector is not None:
         with torch.no_grad():
             flagged = entrant.detector.detect(entrant.model, x_adv).to(correct.device).bool()
@@ -307,7 +304,7 @@ def score_transfer(entrant: Entrant, spec: MatchSpec, crafted: dict[float, Any],
             continue
         x_adv, distance = item[0][idx].to(device), item[1][idx]
         with seeded(spec.seed, device):
-            correct, fraction = judged_as(entrant.model, x_adv, data.y[idx].to(device), spec.judge_passes)
+            (correct, fraction), = judged(entrant.model, x_adv, spec.judge_passes, data.y[idx].to(device))
             if entrant.detector is not None:
                 with torch.no_grad():
                     flagged = entrant.detector.detect(entrant.model, x_adv).to(correct.device).bool()

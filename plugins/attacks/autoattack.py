@@ -12,6 +12,7 @@ from arena.attack import FixedBudgetAttack, RunOutput
 from arena.plugin import PluginConfig
 from arena.refs import AttackRef
 from arena.threat import L1L2OrLinf, Norm
+from arena.training import judged
 
 Version = Literal["standard", "plus", "rand", "custom"]
 
@@ -157,12 +158,8 @@ class AutoAttack(FixedBudgetAttack):
         return attack
 
     def _fooled(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        passes = self.config.passes if getattr(model, "randomized", False) else 1
-        wrong = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        with torch.no_grad():
-            for _ in range(passes):
-                wrong += (model(x).argmax(1) != y).long()
-        return wrong * 2 > passes
+        ((correct, _),) = judged(model, x, self.config.passes, y)
+        return ~correct
 
 
 @hookimpl
