@@ -37,9 +37,8 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ModelSpec, benchmark_model, correct_samples, load_average, time_tools  # noqa: E402
+from common import correct_samples, setup, load_average, time_tools  # noqa: E402
 
-import arena  # noqa: E402
 
 REF_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
@@ -204,13 +203,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    registry = arena.load_plugins()
-    model, test, acc = benchmark_model(ModelSpec(), registry)
+    registry, model, test, acc, line = setup(args.threads)
     x, y = correct_samples(model, test, args.samples, seed=args.seed)
-    print(f"model: {ModelSpec().arch} {dict(ModelSpec().arch_config)} on {ModelSpec().dataset}, "
-          f"test accuracy {100 * acc:.1f}%; torch {torch.__version__}, {args.threads} thread(s), "
-          f"repeats {args.repeats} (+1 warm-up); load average {load_average()}")
+    print(f"{line}; repeats {args.repeats} (+1 warm-up)")
     wanted = [w for w in args.only.split(",") if w]
     verdicts = []
     for case in CASES:

@@ -41,9 +41,8 @@ from tabulate import tabulate
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ModelSpec, benchmark_model, correct_samples, judge, load_average, time_tools  # noqa: E402
+from common import correct_samples, setup, judge, load_average, time_tools  # noqa: E402
 
-import arena  # noqa: E402
 from arena import isolation  # noqa: E402
 
 
@@ -261,12 +260,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    registry = arena.load_plugins()
-    model, test, acc = benchmark_model(ModelSpec(), registry)
-    print(f"model: {ModelSpec().arch} {dict(ModelSpec().arch_config)} on {ModelSpec().dataset}, test accuracy "
-          f"{100 * acc:.1f}%; torch {torch.__version__}, {args.threads} thread(s), repeats {args.repeats} "
-          f"(+1 warm-up); load average {load_average()}")
+    registry, model, test, acc, line = setup(args.threads)
+    print(f"{line}; repeats {args.repeats} (+1 warm-up)")
     wanted = [w for w in args.only.split(",") if w]
 
     def want(name: str) -> bool:

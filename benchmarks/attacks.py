@@ -35,9 +35,8 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ModelSpec, benchmark_model, correct_samples, judge, load_average, time_tools  # noqa: E402
+from common import correct_samples, setup, judge, load_average, time_tools  # noqa: E402
 
-import arena  # noqa: E402
 
 PeerBuilder = Callable[[torch.nn.Module, dict], Callable]
 
@@ -368,12 +367,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.quick:
         args.repeats, args.samples = min(args.repeats, 2), min(args.samples, 64)
-    torch.set_num_threads(args.threads)
-    registry = arena.load_plugins()
-    model, test, acc = benchmark_model(ModelSpec(), registry)
-    print(f"model: {ModelSpec().arch} {dict(ModelSpec().arch_config)} on {ModelSpec().dataset}, "
-          f"test accuracy {100 * acc:.1f}%; torch {torch.__version__}, {args.threads} threads, "
-          f"repeats {args.repeats} (+1 warm-up); load average {load_average()}")
+    registry, model, test, acc, line = setup(args.threads)
+    print(f"{line}; repeats {args.repeats} (+1 warm-up)")
     wanted = [w for w in args.only.split(",") if w]
     results = []
     for case in CASES:

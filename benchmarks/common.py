@@ -70,6 +70,19 @@ def benchmark_model(spec: ModelSpec, registry=None) -> tuple[nn.Module, arena.da
     return model, data.test, accuracy(model, data.test)
 
 
+def setup(threads: int) -> tuple[object, nn.Module, arena.data.Split, float, str]:
+    """What every side-by-side benchmark starts from: ``threads`` torch threads, the installed
+    plugins, the benchmark model with its test split and accuracy, and the line that describes
+    them (model, accuracy, torch version, threads, load)."""
+    torch.set_num_threads(threads)
+    registry = arena.load_plugins()
+    spec = ModelSpec()
+    model, test, acc = benchmark_model(spec, registry)
+    line = (f"model: {spec.arch} {dict(spec.arch_config)} on {spec.dataset}, test accuracy {100 * acc:.1f}%; "
+            f"torch {torch.__version__}, {threads} thread(s); load average {load_average()}")
+    return registry, model, test, acc, line
+
+
 def correct_samples(model: nn.Module, split, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test samples (in a seeded order) that ``model`` classifies correctly."""
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))

@@ -32,9 +32,8 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ModelSpec, benchmark_model, correct_samples, judge, load_average, time_tools  # noqa: E402
+from common import correct_samples, setup, judge, load_average, time_tools  # noqa: E402
 
-import arena  # noqa: E402
 
 EPS = {"linf": 0.1, "l2": 1.0, "l1": 5.0}
 REF_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
@@ -127,14 +126,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    registry = arena.load_plugins()
-    model, test, acc = benchmark_model(ModelSpec(), registry)
+    registry, model, test, acc, line = setup(args.threads)
     x, y = correct_samples(model, test, args.samples, seed=args.seed)
-    print(f"model: {ModelSpec().arch} {dict(ModelSpec().arch_config)} on {ModelSpec().dataset}, test accuracy "
-          f"{100 * acc:.1f}%; {x.shape[0]} samples, {args.steps} steps, {args.restarts} restart(s), "
-          f"{args.targets} target classes; torch {torch.__version__}, {args.threads} thread(s); "
-          f"repeats {args.repeats} (+{args.warmup} warm-up); load average {load_average()}")
+    print(f"{line}; {x.shape[0]} samples, {args.steps} steps, {args.restarts} restart(s), "
+          f"{args.targets} target classes; repeats {args.repeats} (+{args.warmup} warm-up)")
     rows, verdicts = [], []
     for variant in [v for v in args.only.split(",") if v]:
         for norm in [n for n in args.norms.split(",") if n]:

@@ -36,9 +36,8 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ModelSpec, benchmark_model, correct_samples, judge, load_average, time_tools  # noqa: E402
+from common import correct_samples, setup, judge, load_average, time_tools  # noqa: E402
 
-import arena  # noqa: E402
 from arena import isolation  # noqa: E402
 
 EPS = {"linf": 0.1, "l2": 1.0}
@@ -172,14 +171,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--norms", default="linf,l2")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    registry = arena.load_plugins()
-    model, test, acc = benchmark_model(ModelSpec(), registry)
+    registry, model, test, acc, line = setup(args.threads)
     x, y = correct_samples(model, test, args.samples, seed=args.seed)
-    spec = ModelSpec()
-    print(f"model: {spec.arch} {dict(spec.arch_config)} on {spec.dataset}, test accuracy "
-          f"{100 * acc:.1f}%; torch {torch.__version__}, {args.threads} thread(s), {args.repeats} repeat(s); "
-          f"load average {load_average()}")
+    print(f"{line}; {args.repeats} repeat(s)")
     rows, verdicts = [], []
     for norm in [n for n in args.norms.split(",") if n]:
         more_rows, more_verdicts = run_norm(norm, model, registry, x, y, args)
