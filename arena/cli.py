@@ -191,7 +191,7 @@ def plugins() -> None:
 @click.pass_obj
 @user_errors
 def plugins_list(obj: CliState, fmt: str) -> None:
-    """List every attack, defense, dataset, architecture and backend found."""
+    """List every attack, defense, dataset, architecture, backend and metric found."""
     rows = obj.registry.rows()
     if fmt == "json":
         import json

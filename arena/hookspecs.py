@@ -54,6 +54,12 @@ def arena_register_backends(register: Register) -> None:
 
 
 @hookspec
+def arena_register_metrics(register: Register) -> None:
+    """Register metric classes (subclasses of :class:`arena.metric.Metric`): measurements a
+    tournament file can ask for, stored per model or per match (:mod:`arena.metric`)."""
+
+
+@hookspec
 def arena_register_commands(cli: click.Group) -> None:
     """Add click commands or groups to the ``arena`` command line.
 

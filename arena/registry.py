@@ -20,7 +20,7 @@ from arena.errors import ConfigError, PluginError, did_you_mean
 from arena.plugin import ID_PATTERN, Plugin, PluginConfig
 
 GROUP = "arena"
-KINDS = ("attacks", "defenses", "datasets", "architectures", "backends")
+KINDS = ("attacks", "defenses", "datasets", "architectures", "backends", "metrics")
 
 
 @dataclass
@@ -51,6 +51,10 @@ class Registry:
     @property
     def backends(self) -> Mapping[str, type]:
         return MappingProxyType(self._tables["backends"])
+
+    @property
+    def metrics(self) -> Mapping[str, type]:
+        return MappingProxyType(self._tables["metrics"])
 
     def __reduce__(self) -> tuple:
         """A registry travels to other processes (worker processes, Ray workers) as "load the
@@ -92,6 +96,9 @@ class Registry:
 
     def make_backend(self, plugin_id: str, **config: Any) -> Any:
         return self.make("backends", plugin_id, **config)
+
+    def make_metric(self, plugin_id: str, **config: Any) -> Any:
+        return self.make("metrics", plugin_id, **config)
 
     def rows(self) -> list[dict[str, str]]:
         """One row per registered class: id, kind, knowledge, norm, distribution, version."""

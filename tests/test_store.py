@@ -137,6 +137,7 @@ def test_an_unversioned_database_is_migrated_on_open(tmp_path, schema):
     (model,) = store.models(1)
     assert model.clean_mask == (True, True, False, True) and model.checks == {} and model.provenance == {}
     assert store.run(1).dataset == "digits"
+    assert {"metric", "scope", "value", "status"} <= _columns(path, "metrics") and store.metrics(1) == []
     store.close()
     Store(path).close()  # opening again changes nothing
     assert _user_version(path) == SCHEMA_VERSION

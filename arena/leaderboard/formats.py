@@ -40,6 +40,7 @@ class Leaderboard(Protocol):
 
     title: str
     sections: Sequence[Section]
+    metric_sections: Sequence[Section]
     notes: list[str]
 
 MARKER = "*"
@@ -123,7 +124,7 @@ def render_text(board: Leaderboard, fmt: str) -> str:
 
 def _plain_text(board: Leaderboard, esc: Callable[[object], str]) -> str:
     parts = [esc(board.title)]
-    for s in board.sections:
+    for s in [*board.sections, *board.metric_sections]:
         table = tabulate(_cells(s, esc), headers=[esc(h) for h in s.headers], tablefmt="simple",
                          disable_numparse=True)
         parts.append("\n".join([f"{esc(s.norm)}:", table, *(esc(n) for n in footnotes(s))]))
@@ -137,7 +138,7 @@ def _plain_text(board: Leaderboard, esc: Callable[[object], str]) -> str:
 def _markdown_text(board: Leaderboard, esc: Callable[[object], str]) -> str:
     block = markdown_block
     parts = [block(board.title)]
-    for s in board.sections:
+    for s in [*board.sections, *board.metric_sections]:
         parts.append(f"{block(s.norm)}:")
         parts.append(tabulate(_cells(s, esc), headers=[esc(h) for h in s.headers], tablefmt="github",
                               disable_numparse=True))
@@ -152,7 +153,7 @@ def _markdown_text(board: Leaderboard, esc: Callable[[object], str]) -> str:
 
 def _latex_text(board: Leaderboard, esc: Callable[[object], str]) -> str:
     parts = [esc(board.title)]
-    for s in board.sections:
+    for s in [*board.sections, *board.metric_sections]:
         lines = [f"{esc(s.norm)}:", "", "\\begin{tabular}{l" + "r" * (len(s.headers) - 1) + "}", "\\toprule",
                  " & ".join(esc(h) for h in s.headers) + " \\\\", "\\midrule"]
         lines += [" & ".join(row) + " \\\\" for row in _cells(s, esc)]
@@ -169,7 +170,7 @@ def _latex_text(board: Leaderboard, esc: Callable[[object], str]) -> str:
 
 def _html_text(board: Leaderboard, esc: Callable[[object], str]) -> str:
     parts = [f"<p>{esc(board.title)}</p>"]
-    for s in board.sections:
+    for s in [*board.sections, *board.metric_sections]:
         parts.append(f"<h2>{esc(s.norm)}</h2>\n" + tabulate(_cells(s, esc), headers=[esc(h) for h in s.headers],
                                                            tablefmt="unsafehtml", disable_numparse=True))
         parts += [f"<p class=\"footnote\">{esc(n)}</p>" for n in footnotes(s)]

@@ -3,9 +3,9 @@
 The site needs no server and no network (local CSS and JS only, enforced by a
 Content-Security-Policy), so it can be opened from disk or copied to any static host::
 
-    index.html              leaderboard per norm (sortable), plots, notes, reproduce, provenance
+    index.html              leaderboard per norm (sortable), metrics, plots, notes, reproduce, provenance
     matches/<d>--<a>--<eps>.html   one page per match: status, metrics, error, config, provenance
-    defenses/<d>.html       one page per defense: its training config and every match it played
+    defenses/<d>.html       one page per defense: its training config, metrics and every match it played
     plots/*.png, *.svg      accuracy versus budget per attack, heatmaps per norm
     assets/                 site.css, sort.js, favicon.svg
     <name>.toml             the tournament file, for `arena run`
@@ -193,7 +193,9 @@ def _index_body(site: Site, figures: list[Path]) -> str:
             f"{len(site.defense_slugs)} defenses, "
             f"{len(site.attack_slugs)} attacks, {len(site.matches)} matches ({n_fail} not ok). "
             f"Started {when(run.started)}, finished {when(run.finished)}.</p>\n"
-            f"<nav class=\"toc\">Leaderboards: {norms} · <a href=\"#plots\">plots</a> "
+            f"<nav class=\"toc\">Leaderboards: {norms} · "
+            + ("<a href=\"#metrics\">metrics</a> " if site.board.metric_sections else "")
+            + "<a href=\"#plots\">plots</a> "
             "<a href=\"#notes\">notes</a> <a href=\"#reproduce\">reproduce</a> "
             "<a href=\"#provenance\">provenance</a></nav>\n")
     tables_html = "".join(_section_html(site, s) for s in site.board.sections)
@@ -201,7 +203,8 @@ def _index_body(site: Site, figures: list[Path]) -> str:
             "per-example worst case over a norm's attacks ranks the defenses. Click a column header to "
             f"sort, a cell for its match. A {INCOMPLETE} marks an incomplete number: an attack it should cover "
             "did not finish ok, so it is taken over the others only (a worst case then is an upper bound) and "
-            "its row is listed unranked, after the ranked rows.</p>\n" + tables_html + _plots_html(figures)
+            "its row is listed unranked, after the ranked rows.</p>\n" + tables_html + _metrics_html(site)
+            + _plots_html(figures)
             + _notes_html(site) + _reproduce_html(site) + "<h2 id=\"provenance\">Provenance</h2>\n"
             + _provenance_html(site))
 
@@ -280,6 +283,60 @@ def _cell(value: Any, href: str | None, kind: str, mark: Mark | None = None) -> 
     return f"<td{cls} data-value=\"{escape(data)}\"{title}>{inner}</td>"
 
 
+def _metrics_html(site: Site) -> str:
+    """The metric tables (per model, then one per match metric), sortable; an ``n/a`` or
+    ``failed`` cell says why in its title."""
+    if not site.board.metric_sections:
+        return ""
+    why: dict[tuple[str, str], str] = {}  # (defense, section and column) -> the reason of an n/a or failed cell
+    for r in site.board.metric_rows:
+        if r["error"]:
+            column = r["metric"] if r["scope"] == "model" else f"{r['attack']} ε={budget_label(r['budget'])}"
+            why[(r["defense"], ("" if r["scope"] == "model" else r["metric"]) + "|" + column)] = str(r["error"])
+    parts = ["<h2 id=\"metrics\">Metrics</h2>\n<p class=\"muted\">The measurements the tournament file asked "
+             "for (metric plugins): per model on the evaluated clean samples, per match on its adversarial "
+             "examples as judged. ↑: higher is better for the defense, ↓: lower.</p>\n"]
+    for section in site.board.metric_sections:
+        per_model = section.norm == "metrics per model"
+        metric = "" if per_model else section.norm.split(" ")[0]
+        sid = "metrics-" + plots.slugify(section.norm)
+        head = "".join(f"<th scope=\"col\" aria-sort=\"none\"><button type=\"button\">{escape(h)}</button></th>"
+                       for h in section.headers)
+        body = []
+        for row in section.rows:
+            cells = [f"<td class=\"name\">{escape(str(row[0]))}</td>"]
+            for header, value in zip(section.headers[1:], row[1:]):
+                column = header.split(" ")[0] if per_model else header
+                data = escape(str(value)) if isinstance(value, str) and is_number(value) else ""
+                reason = why.get((str(row[0]), metric + "|" + column))
+                title = f" title=\"{escape(reason)}\"" if reason and not data else ""
+                cells.append(f"<td data-value=\"{data}\"{title}>{escape('–' if value is None else str(value))}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(f"<h3 id=\"{sid}\">{escape(section.norm)}</h3>\n<div class=\"scroll\">\n"
+                     f"<table class=\"sortable\" id=\"table-{sid}\">\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
+                     + "\n".join(body) + "\n</tbody>\n</table>\n</div>\n")
+    return "".join(parts)
+
+
+def _metric_facts(site: Site, defense: str, attack: str = "", budget: float | None = None) -> str:
+    """The metric values of one model (``attack`` '') or of one match, as a table."""
+    rows = [r for r in site.board.metric_rows if r["defense"] == defense and (r["attack"] or "") == attack
+            and (budget is None or r["budget"] == budget)]
+    if not rows:
+        return ""
+
+    def value(r: dict[str, Any]) -> str:
+        v = r["value"]
+        return f"{v:.6g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+    body = "".join(
+        f"<tr><td class=\"name\">{escape(str(r['metric']))}</td><td><code>{escape(str(r['metric_id']))}</code></td>"
+        f"<td>{escape(str(r['status']))}</td><td>{escape(value(r))}</td>"
+        f"<td>{escape(str(r['error'] or ''))}</td></tr>\n" for r in rows)
+    return ("<h2>Metrics</h2>\n<table>\n<thead><tr><th>metric</th><th>plugin</th><th>status</th><th>value</th>"
+            "<th>note</th></tr></thead>\n<tbody>\n" + body + "</tbody>\n</table>\n")
+
+
 def _plots_html(figures: list[Path]) -> str:
     """The SVG figures, each with links to its PNG and SVG files."""
     items = "".join(
@@ -354,7 +411,8 @@ def _match_body(site: Site, m: MatchRecord) -> str:
              ("finished", when(m.finished))]
     error = f"<h2>Error</h2>\n<pre class=\"error\">{escape(str(m.error))}</pre>\n" if m.error else ""
     return (f"<h1>{escape(m.attack)} vs {escape(m.defense)} at ε={escape(budget)}</h1>\n" + facts(pairs)
-            + error + _components_html(m) + "<h2>Attack configuration</h2>\n" + json_pre(m.attack_config)
+            + error + _components_html(m) + _metric_facts(site, m.defense, m.attack, m.budget)
+            + "<h2>Attack configuration</h2>\n" + json_pre(m.attack_config)
             + "<h2>Match provenance</h2>\n" + json_pre(m.provenance)
             + "<h2>Run provenance</h2>\n" + _provenance_html(site)
             + "<p>To reproduce, see <a href=\"../index.html#reproduce\">the tournament file and command</a>.</p>\n")
@@ -409,7 +467,7 @@ def _defense_body(site: Site, model: ModelRecord) -> str:
         for m in site.matches if m.defense == d)
     head = "".join(f"<th scope=\"col\">{h}</th>" for h in
                    ("attack", "norm", "ε", "status", "robust accuracy", "mean queries", "wall time"))
-    return (f"<h1>{escape(d)}</h1>\n" + facts(pairs) + "<h2>Configuration</h2>\n"
+    return (f"<h1>{escape(d)}</h1>\n" + facts(pairs) + _metric_facts(site, d) + "<h2>Configuration</h2>\n"
             + json_pre(model.config) + "<h2>Model provenance</h2>\n"
             + json_pre(model.provenance) + "<h2>Model probes (sanity checks)</h2>\n"
             + json_pre(model.checks) + "<h2>Matches</h2>\n<div class=\"scroll\">\n"

@@ -25,7 +25,7 @@ from arena.leaderboard import formats
 from arena.leaderboard.coverage import Coverage, Gap, Mark
 from arena.leaderboard.flags import flags
 from arena.leaderboard.labels import budget_label
-from arena.tournament.store import MatchRecord, ModelRecord, Store
+from arena.tournament.store import MatchRecord, MetricRecord, ModelRecord, Store
 
 TEXT_FORMATS = formats.TEXT_FORMATS
 FORMATS = (*TEXT_FORMATS, "csv", "json")
@@ -59,11 +59,14 @@ class Leaderboard:
     notes: list[str] = field(default_factory=list)
     long_rows: list[dict[str, object]] = field(default_factory=list)
     worst_cases: list[dict[str, object]] = field(default_factory=list)
+    metric_sections: list[Section] = field(default_factory=list)
+    metric_rows: list[dict[str, object]] = field(default_factory=list)
 
     def render(self, fmt: str = "table") -> str:
         if fmt == "json":
             data = {"title": self.title, "notes": self.notes, "results": self.long_rows,
-                    "worst_cases": self.worst_cases, "tables": [s.as_dict() for s in self.sections]}
+                    "worst_cases": self.worst_cases, "tables": [s.as_dict() for s in self.sections],
+                    "metrics": self.metric_rows, "metric_tables": [s.as_dict() for s in self.metric_sections]}
             return json.dumps(_finite(data), indent=2)
         if fmt == "csv":
             return formats.render_csv(self.csv_rows())
@@ -160,7 +163,60 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
                      "that attack and all earlier ones, and the worst case is exact")
     title = (f"{run.name} on {run_dataset} (run {run_id}, seed {run.seed}): accuracy in %, "
              "defenses ranked by mean worst case")
-    return Leaderboard(title, sections, notes, _long_rows(models, matches), table.worst_cases)
+    shown = {(m.defense, m.attack, m.budget) for m in matches}
+    values = [v for v in store.metrics(run_id) if v.scope == "model" or (v.defense, v.attack, v.budget) in shown]
+    notes += [f"metric {v.metric} on {_where(v)}: {v.status}: {v.error}" for v in values if v.status == "failed"]
+    return Leaderboard(title, sections, notes, _long_rows(models, matches), table.worst_cases,
+                       metric_sections(values, [m.defense for m in models]), [_metric_dict(v) for v in values])
+
+
+def _where(v: MetricRecord) -> str:
+    return v.defense if v.scope == "model" else f"{v.attack} vs {v.defense} (ε={budget_label(v.budget)})"
+
+
+def _metric_dict(v: MetricRecord) -> dict[str, object]:
+    return {"metric": v.metric, "metric_id": v.metric_id, "scope": v.scope, "defense": v.defense,
+            "attack": v.attack or None, "budget": v.budget if v.scope == "match" else None,
+            "status": v.status, "value": v.value, "error": v.error, "config": v.config}
+
+
+DIRECTION = {"higher": " (↑)", "lower": " (↓)"}
+
+
+def metric_value(v: MetricRecord | None) -> str | None:
+    """A metric's cell: its value to four significant digits, else its status (``n/a``,
+    ``failed``); None where it was not measured."""
+    if v is None:
+        return None
+    return f"{v.value:.4g}" if v.ok and v.value is not None else v.status
+
+
+def metric_sections(values: list[MetricRecord], defenses: list[str]) -> list[Section]:
+    """The metrics as tables: one of every model metric (a row per defense, a column per metric),
+    then one per match metric (a row per defense, a column per attack and budget). Headers carry
+    the metric's direction where it has one (↑ higher is better, ↓ lower)."""
+    better = {v.metric: v.provenance.get("better") for v in values}
+
+    def arrow(name: str) -> str:
+        return DIRECTION.get(better.get(name) or "", "")
+
+    out = []
+    per_model = [v for v in values if v.scope == "model"]
+    if per_model:
+        labels = list(dict.fromkeys((v.metric, v.metric_id) for v in per_model))
+        cell = {(v.defense, v.metric): v for v in per_model}
+        rows = [[d, *(metric_value(cell.get((d, name))) for name, _ in labels)]
+                for d in defenses if any((d, name) in cell for name, _ in labels)]
+        out.append(Section("metrics per model", ["defense", *(name + arrow(name) for name, _ in labels)], rows))
+    for name in dict.fromkeys(v.metric for v in values if v.scope == "match"):
+        mine = [v for v in values if v.scope == "match" and v.metric == name]
+        columns = list(dict.fromkeys((v.attack, v.budget) for v in mine))
+        cell = {(v.defense, v.attack, v.budget): v for v in mine}
+        rows = [[d, *(metric_value(cell.get((d, a, b))) for a, b in columns)]
+                for d in defenses if any((d, a, b) in cell for a, b in columns)]
+        out.append(Section(f"{name}{arrow(name)} per match",
+                           ["defense", *(f"{a} ε={budget_label(b)}" for a, b in columns)], rows))
+    return out
 
 
 class _Table:

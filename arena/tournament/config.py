@@ -148,6 +148,20 @@ class AttackEntry(PluginEntry):
         return sorted(v)
 
 
+class MetricEntry(PluginEntry):
+    """A metric the tournament measures (a metric plugin by id with its params): per entrant for a
+    model metric, per match for a match metric; ``against`` and ``attacks`` narrow where."""
+
+    name: str | None = Field(None, min_length=1)
+    against: list[str] | None = Field(None, description="the defense entries measured (default: every one)")
+    attacks: list[str] | None = Field(
+        None, description="match metrics: the attack entries whose matches are measured (default: every one)")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id
+
+
 class Resources(Strict):
     """What each Ray task asks the cluster for."""
 
@@ -187,13 +201,15 @@ class TournamentConfig(Strict):
     resources: Resources = Field(default_factory=lambda: Resources())
     defenses: list[DefenseEntry] = Field(min_length=1)
     attacks: list[AttackEntry] = Field(min_length=1)
+    metrics: list[MetricEntry] = Field(
+        default_factory=list, description="measurements stored per model or per match (metric plugins)")
 
     @field_validator("training")
     @classmethod
     def _training(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _training_defaults(v)
 
-    @field_validator("defenses", "attacks")
+    @field_validator("defenses", "attacks", "metrics")
     @classmethod
     def _unique_names(cls, entries: list[Any]) -> list[Any]:
         seen: dict[str, int] = {}
@@ -205,8 +221,12 @@ class TournamentConfig(Strict):
         return entries
 
     def digest(self) -> str:
-        """A content hash of the validated configuration (provenance, resume)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A content hash of the validated configuration (provenance, resume); a file without
+        metrics hashes as it did before metrics existed, so its older runs still resume."""
+        data = self.model_dump(mode="json")
+        if not data["metrics"]:
+            del data["metrics"]
+        text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

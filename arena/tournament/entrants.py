@@ -14,6 +14,7 @@ from torch import nn
 from arena.checks import model_checks
 from arena.data import DataSplits, Split
 from arena.defense import DetectorDefense, InferenceDefense, PretrainedDefense, TrainingDefense
+from arena.metric import ModelInputs, evaluate
 from arena.model import default_device, seeded
 from arena.refs import DatasetRef
 from arena.registry import Registry
@@ -21,6 +22,7 @@ from arena.training import judged
 from arena.tournament.cache import ModelCache, content_key, numerics
 from arena.tournament.matches import Entrant
 from arena.tournament.plan import DefensePlan
+from arena.tournament.records import metric_row
 from arena.tournament.store import encode_mask
 
 
@@ -36,6 +38,7 @@ class EntrantSpec:
     code: dict[str, str]  # the distribution and version of each plugin involved, by kind (providers)
     progress: bool = False
     judge_passes: int = 20  # a randomised model is correct on a sample when the majority of passes are
+    metrics: tuple[Any, ...] = ()  # the model metrics (MetricPlans) measured on this entrant
 
 
 @dataclass
@@ -73,6 +76,7 @@ def prepare(spec: EntrantSpec, data: DataSplits, evaluation: Split, *parents: En
             with torch.no_grad():
                 fpr = float(detector.detect(model, evaluation.x.to(device)).float().mean())
         checks = model_checks(model, evaluation.x[:64].to(device), evaluation.y[:64].to(device))
+        metrics = model_metrics(spec, data, evaluation, plan.label, built, correct, device)
     provenance = getattr(plan.defense, "provenance", None)
     if provenance is None:  # a wrapper or detector runs on the backend of the model it wraps
         parent = by_label.get(plan.on) if plan.on else None
@@ -80,9 +84,24 @@ def prepare(spec: EntrantSpec, data: DataSplits, evaluation: Split, *parents: En
     row = dict(defense=plan.label, checks=checks, provenance=provenance, defense_id=plan.id,
                defense_kind=plan.defense.defense_kind.value, config=plan.defense.config.model_dump(mode="json"),
                clean_accuracy=float(correct.float().mean()), clean_mask=encode_mask(correct),
-               false_positive_rate=fpr, cache_key=built.key, train_seconds=seconds)
+               false_positive_rate=fpr, cache_key=built.key, train_seconds=seconds, metrics=metrics)
     entrant = Entrant(plan.label, plan.defense, model, built.base, detector, correct, built.key, provenance)
     return Prepared(entrant, row)
+
+
+def model_metrics(spec: EntrantSpec, data: DataSplits, evaluation: Split, label: str, built: Built,
+                  correct: torch.Tensor, device: torch.device) -> list[dict[str, Any]]:
+    """The entrant's model metrics as ``metrics`` rows, each measured on the evaluated clean
+    samples (a metric's failure fails its own row only)."""
+    rows = []
+    for mp in spec.metrics:
+        inputs = ModelInputs(label, built.model, built.base, built.detector, evaluation.x, evaluation.y, correct,
+                             data.train if "train" in mp.metric.needs else None, device)
+        with seeded(spec.seed, device):
+            outcome = evaluate(mp.metric, inputs)
+        rows.append(metric_row(mp, label, "", 0.0, outcome,
+                               {"metric_plugin": mp.plugin, "samples": len(evaluation), "seed": spec.seed}))
+    return rows
 
 
 def providers(registry: Registry, **ids: str) -> dict[str, str]:

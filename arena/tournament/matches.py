@@ -20,13 +20,15 @@ from torch import nn
 
 from arena import isolation
 from arena.attack import merge_details
-from arena.data import Split
+from arena.data import DataSplits, Split
 from arena.defense import Defense, DetectorDefense
 from arena.errors import ArenaError
+from arena.metric import MatchInputs, evaluate
 from arena.model import default_device, seeded, torch_threads_for
 from arena.threat import within
 from arena.training import judged, predict
 from arena.tournament.plan import AttackPlan, View
+from arena.tournament.records import metric_row
 from arena.tournament.store import MatchRow, encode_mask
 
 
@@ -63,6 +65,7 @@ class MatchSpec:
     judge_passes: int = 20  # passes judging an example against a randomised model (majority)
     # cascade: per budget, the evaluated samples still robust after the earlier attacks (None: all)
     survivors: dict[float, torch.Tensor] | None = None
+    metrics: tuple[Any, ...] = ()  # the match metrics (MetricPlans) measured on this match
 
 
 @dataclass
@@ -90,8 +93,9 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_match(entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
-    """Run ``spec`` against ``entrant`` on the evaluation ``data``; never raises for plugin faults."""
+def run_match(entrant: Entrant, spec: MatchSpec, data: Split, splits: DataSplits | None = None) -> MatchOutcome:
+    """Run ``spec`` against ``entrant`` on the evaluation ``data``; never raises for plugin faults.
+    ``splits``: the tournament's data, for match metrics that need the training split."""
     device = default_device()
     entrant.model.to(device)
     rows, examples = [], {}
@@ -110,6 +114,7 @@ def run_match(entrant: Entrant, spec: MatchSpec, data: Split) -> MatchOutcome:
             row = _row(entrant.label, spec, budget, status, error, wall, started)
             if out is not None:
                 _score(row, out, budget, entrant, spec.judge_passes)
+                row.metrics = match_metrics(entrant, spec, budget, out, data, splits, device)
             rows.append(row)
         if out is not None and spec.save_examples:
             examples["min" if eps is None else f"{eps:g}"] = out["x_adv"]
@@ -178,9 +183,11 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
         step = max(1, spec.batch_size // per)  # rows, not samples, fill a batch
     generator = torch.Generator().manual_seed(spec.seed)
     details: dict[str, Any] | None = None  # the attack's own account of its work, over all batches
-    parts: dict[str, list[Any]] = {k: [] for k in ("x_adv", "owner", "targets", "queries")}
+    parts: dict[str, list[Any]] = {k: [] for k in ("x_adv", "owner", "targets", "queries", "x_rows", "y_rows")}
     judged: dict[float, dict[str, list[torch.Tensor]]] = {
-        b: {"broken": [], "hit": [], "correct": [], "distance": []} for b in served}
+        b: {"broken": [], "hit": [], "correct": [], "distance": [], "rows": [], "x_adv": [], "row_distance": []}
+        for b in served}
+    keep_rows = bool(spec.metrics)  # match metrics read every row's example as judged
     for b, start in enumerate(range(0, len(idx), step)):
         sel = idx[start:start + step]
         x, y = data.x[sel].to(device), data.y[sel].to(device)
@@ -195,8 +202,13 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
                             context=None if gray else entrant.defense)
         with seeded(spec.seed + b, device):
             for budget in served:
-                broken, hit, correct, distance = _judge_rows(entrant, x, y, targets, result, eps, budget, spec)
+                broken, hit, correct, distance, x_judged = _judge_rows(entrant, x, y, targets, result, eps,
+                                                                       budget, spec)
                 j = judged[budget]
+                if keep_rows:
+                    j["rows"].append(broken.cpu())
+                    j["x_adv"].append(x_judged.detach().cpu())
+                    j["row_distance"].append(distance.detach().cpu().float())
                 j["broken"].append(_per_sample(broken.cpu(), owner, len(sel), "any"))
                 j["hit"].append(hit.cpu())
                 j["correct"].append(_per_sample(correct.cpu(), owner, len(sel), "min"))
@@ -207,11 +219,16 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
         details = merge_details(details, result.details)
         parts["owner"].append(sel[owner])
         parts["targets"].append(None if targets is None else targets.cpu())
+        if keep_rows:
+            parts["x_rows"].append(x.detach().cpu())
+            parts["y_rows"].append(y.cpu())
         if spec.save_examples:
             parts["x_adv"].append(result.x_adv.detach().cpu())
     cat = lambda v, dtype=torch.float32: torch.cat(v) if v else torch.empty(0, dtype=dtype)  # noqa: E731
-    kinds = {"broken": torch.bool, "hit": torch.bool, "correct": torch.float32, "distance": torch.float32}
+    kinds = {"broken": torch.bool, "hit": torch.bool, "correct": torch.float32, "distance": torch.float32,
+             "rows": torch.bool, "x_adv": torch.float32, "row_distance": torch.float32}
     return {"idx": idx, "queries": cat(parts["queries"], torch.long),
+            "x_rows": cat(parts["x_rows"]), "y_rows": cat(parts["y_rows"], torch.long),
             "x_adv": cat(parts["x_adv"]), "row_index": cat(parts["owner"], torch.long),
             "targets": None if mode is None else cat(parts["targets"], torch.long), "details": details,
             "survivors": spec.survivors,
@@ -220,10 +237,11 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
 
 def _judge_rows(entrant: Entrant, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
                 result: Any, eps: float | None, budget: float,
-                spec: MatchSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                spec: MatchSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each attacked row at ``budget``, judged on the full defended model: broken (misclassified
     and not flagged by a detector), the target reached (targeted runs; else the same as broken),
-    the fraction of passes classified correctly, and the distance of the judged example.
+    the fraction of passes classified correctly, the distance of the judged example, and the
+    judged example itself.
 
     A minimal attack's example is clipped to the budget first (its perturbation projected onto
     the ε-ball, as foolbox scores it), so the score at ε is never weaker than the clipped example;
@@ -249,7 +267,28 @@ def _judge_rows(entrant: Entrant, x: torch.Tensor, y: torch.Tensor, targets: tor
             flagged = entrant.detector.detect(entrant.model, x_adv).to(correct.device).bool()
         correct, reached = correct | flagged, reached & ~flagged  # a flagged example is stopped
         fraction = torch.where(flagged, torch.ones_like(fraction), fraction)
-    return ~correct, reached, fraction, result.norm.measure(x_adv - x)
+    return ~correct, reached, fraction, result.norm.measure(x_adv - x), x_adv
+
+
+def match_metrics(entrant: Entrant, spec: MatchSpec, budget: float, out: dict[str, Any], data: Split,
+                  splits: DataSplits | None, device: torch.device) -> list[dict[str, Any]]:
+    """The match metrics of ``spec`` at ``budget`` as ``metrics`` rows, measured on the rows the
+    match attacked and their examples as judged (a metric's failure fails its own row only)."""
+    if not spec.metrics:
+        return []
+    j = out["judged"][budget]
+    inputs = MatchInputs(entrant.label, entrant.model, entrant.base, entrant.detector, data.x, data.y,
+                         entrant.clean_correct, splits.train if splits is not None else None, device,
+                         attack=spec.attack.label, norm=spec.attack.attack.threat_norm, budget=budget,
+                         x_rows=out["x_rows"], y_rows=out["y_rows"], x_adv=j["x_adv"], broken=j["rows"],
+                         distance=j["row_distance"], targets=out["targets"], row_sample=out["row_index"])
+    rows = []
+    for mp in spec.metrics:
+        with seeded(spec.seed, device):
+            outcome = evaluate(mp.metric, inputs)
+        rows.append(metric_row(mp, entrant.label, spec.attack.label, budget, outcome,
+                               {"metric_plugin": mp.plugin, "rows": len(inputs.x_rows), "seed": spec.seed}))
+    return rows
 
 
 def _row(defense: str, spec: MatchSpec, budget: float, status: str, error: str | None,
@@ -293,7 +332,8 @@ def craft_transfer(surrogate: Entrant, spec: MatchSpec, data: Split) -> dict[flo
     return crafted
 
 
-def score_transfer(entrant: Entrant, spec: MatchSpec, crafted: dict[float, Any], data: Split) -> MatchOutcome:
+def score_transfer(entrant: Entrant, spec: MatchSpec, crafted: dict[float, Any], data: Split,
+                   splits: DataSplits | None = None) -> MatchOutcome:
     """Judge transfer examples on ``entrant``: the target model is never queried while crafting."""
     device, rows = default_device(), []
     idx = torch.nonzero(entrant.clean_correct).flatten()
@@ -314,9 +354,12 @@ def score_transfer(entrant: Entrant, spec: MatchSpec, crafted: dict[float, Any],
         fraction = torch.where(within(distance, budget), fraction.cpu(), torch.ones_like(fraction.cpu()))
         row = _row(entrant.label, spec, budget, "ok", None, 0.0, started)
         far = torch.where(broken, distance, torch.full_like(distance, float("inf")))
-        _score(row, {"idx": idx, "queries": torch.zeros(len(idx), dtype=torch.long), "targets": None,
-                     "judged": {budget: {"broken": broken, "hit": broken, "correct": fraction, "distance": far}}},
-               budget, entrant, spec.judge_passes)
+        out = {"idx": idx, "queries": torch.zeros(len(idx), dtype=torch.long), "targets": None,
+               "x_rows": data.x[idx], "y_rows": data.y[idx], "row_index": idx,
+               "judged": {budget: {"broken": broken, "hit": broken, "correct": fraction, "distance": far,
+                                   "rows": broken, "x_adv": x_adv.cpu(), "row_distance": distance.float()}}}
+        _score(row, out, budget, entrant, spec.judge_passes)
+        row.metrics = match_metrics(entrant, spec, budget, out, data, splits, device)
         rows.append(row)
     return MatchOutcome(rows)
 

@@ -26,7 +26,9 @@ from arena.errors import ConfigError, did_you_mean
 from arena.refs import ArchitectureRef, DatasetRef, PluginRef
 from arena.registry import Registry
 from arena.threat import Knowledge, Norm
-from arena.tournament.config import AttackEntry, DefenseEntry, PluginEntry, TournamentConfig, read_tournament
+from arena.metric import Metric, Scope
+from arena.tournament.config import (AttackEntry, DefenseEntry, MetricEntry, PluginEntry, TournamentConfig,
+                                     read_tournament)
 
 UNBOUNDED = math.inf
 
@@ -112,6 +114,31 @@ class DefensePlan:
 
 
 @dataclass(frozen=True)
+class MetricPlan:
+    """One metric entry, resolved: the metric built once, its scope, and where it is measured
+    (``against``: defense labels, ``attacks``: attack labels; None: every one)."""
+
+    label: str
+    id: str
+    metric: Metric
+    against: tuple[str, ...] | None
+    attacks: tuple[str, ...] | None
+    plugin: str = ""  # the distribution that provides it (provenance)
+
+    @property
+    def scope(self) -> Scope:
+        return self.metric.scope
+
+    def measures(self, defense: str, attack: str | None = None) -> bool:
+        """Whether this metric is measured on ``defense`` (and, for a match metric, ``attack``)."""
+        if self.against is not None and defense not in self.against:
+            return False
+        if self.scope is Scope.MODEL:
+            return attack is None
+        return attack is not None and (self.attacks is None or attack in self.attacks)
+
+
+@dataclass(frozen=True)
 class Plan:
     """A tournament resolved against ``registry``; defenses in dependency order."""
 
@@ -122,6 +149,7 @@ class Plan:
     defenses: tuple[DefensePlan, ...]
     attacks: tuple[AttackPlan, ...]
     source: str = "<tournament>"
+    metrics: tuple[MetricPlan, ...] = ()
     _by_label: dict[str, DefensePlan] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -140,6 +168,10 @@ class Plan:
 
     def defense(self, label: str) -> DefensePlan:
         return self._by_label[label]
+
+    def metrics_for(self, defense: str, attack: str | None = None) -> tuple[MetricPlan, ...]:
+        """The metrics measured on ``defense`` (model metrics) or on its match with ``attack``."""
+        return tuple(mp for mp in self.metrics if mp.measures(defense, attack))
 
     def levels(self) -> list[list[DefensePlan]]:
         """Defenses grouped into levels whose members do not depend on each other."""
@@ -202,7 +234,29 @@ def _resolve(cfg: TournamentConfig, registry: Registry, source: str) -> Plan:
         defenses[entry.label] = _defense(f"defenses[{i}]", entry, cfg, architecture, labels, registry)
     ordered = _dependency_order([defenses[label] for label in labels])
     attacks = tuple(_attack(f"attacks[{i}]", entry, labels, registry) for i, entry in enumerate(cfg.attacks))
-    return Plan(cfg, registry, dataset, architecture, tuple(ordered), attacks, source)
+    metrics = tuple(_metric(f"metrics[{i}]", entry, labels, [a.label for a in attacks], registry)
+                    for i, entry in enumerate(cfg.metrics))
+    return Plan(cfg, registry, dataset, architecture, tuple(ordered), attacks, source, metrics=metrics)
+
+
+def _metric(where: str, entry: MetricEntry, defenses: list[str], attacks: list[str],
+            registry: Registry) -> MetricPlan:
+    metric = _make(registry, "metrics", where, entry.id, entry.params)
+    for key, known in (("against", defenses), ("attacks", attacks)):
+        names = getattr(entry, key)
+        if names is not None and not names:
+            raise ConfigError(f"{where}.{key}: name at least one entry (or leave it out)")
+        for name in names or []:
+            if name not in known:
+                kind = "defense" if key == "against" else "attack"
+                raise ConfigError(f"{where}.{key}: no {kind} named '{name}'{did_you_mean(name, known)}")
+    if entry.attacks is not None and metric.scope is Scope.MODEL:
+        raise ConfigError(f"{where}.attacks: '{entry.id}' is measured per model, not per match; "
+                          "leave attacks out")
+    return MetricPlan(entry.label, entry.id, metric,
+                      tuple(entry.against) if entry.against is not None else None,
+                      tuple(entry.attacks) if entry.attacks is not None else None,
+                      str(registry.owners.get(("metrics", entry.id), "")))
 
 
 def _ref(kind: type[PluginRef], registry: Registry, where: str, entry: PluginEntry) -> Any:

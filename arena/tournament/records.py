@@ -43,6 +43,39 @@ class MatchRow:
     finished: float | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     threat_model: str = ""
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # metric rows of this match (metric_row)
+
+
+def metric_row(plan: Any, defense: str, attack: str, budget: float, outcome: dict[str, Any],
+               provenance: dict[str, Any]) -> dict[str, Any]:
+    """A ``metrics`` row from a resolved metric (``plan``: a MetricPlan) and its outcome
+    (:func:`arena.metric.evaluate`); a model metric has ``attack`` '' and ``budget`` 0."""
+    return {"metric": plan.label, "metric_id": plan.id, "scope": plan.scope.value, "defense": defense,
+            "attack": attack, "budget": budget, "status": outcome["status"], "value": outcome["value"],
+            "error": outcome["error"], "config": plan.metric.config.model_dump(mode="json"),
+            "provenance": {**provenance, "better": plan.metric.better, "seconds": round(outcome["seconds"], 3)}}
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    """One metric value: per model (``scope`` model, ``attack`` '', ``budget`` 0) or per match."""
+
+    run_id: int
+    metric: str
+    metric_id: str
+    scope: str
+    defense: str
+    attack: str
+    budget: float
+    status: str
+    value: float | None
+    error: str | None
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 @dataclass(frozen=True)
@@ -187,3 +220,10 @@ def mask_text(mask: Any) -> str:
             raise ValueError(f"a mask is '0'/'1' text, got {mask[:20]!r}")
         return mask
     return encode_mask(mask)
+
+
+def metric_record(r: sqlite3.Row) -> MetricRecord:
+    return MetricRecord(run_id=r["run_id"], metric=r["metric"], metric_id=r["metric_id"], scope=r["scope"],
+                        defense=r["defense"], attack=r["attack"], budget=r["budget"], status=r["status"],
+                        value=r["value"], error=r["error"], config=json.loads(r["config_json"] or "{}"),
+                        provenance=json.loads(r["provenance_json"] or "{}"))

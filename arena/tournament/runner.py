@@ -74,8 +74,8 @@ class Runner:
             shared = (self.executor.share(self.data), self.executor.share(self.eval))
             for level in self.plan.levels():
                 self._prepare_level([d for d in level if d.label in needed], shared)
-                self._run_matches([d.label for d in level if d.label in self.entrants], todo, shared[1])
-            self._run_transfers(todo, shared[1])
+                self._run_matches([d.label for d in level if d.label in self.entrants], todo, shared)
+            self._run_transfers(todo, shared)
 
     # ------------------------------------------------------------- planning
     def _todo(self, done: set[tuple[str, str, float]]) -> Todo:
@@ -109,7 +109,7 @@ class Runner:
             code = providers(self.registry, defenses=defense.id, architectures=defense.architecture.id,
                              datasets=self.plan.dataset.id)
             spec = EntrantSpec(defense, self.plan.dataset, cfg.seed, cfg.batch_size, self.cache_root, code,
-                               judge_passes=cfg.judge_passes)
+                               judge_passes=cfg.judge_passes, metrics=self.plan.metrics_for(defense.label))
             parents = tuple(self.shared[r] for r in defense.parents if r in self.shared)
             handles[defense.label] = Shared.of(None).id  # the worker keeps the entrant it built
             jobs.append((defense.label, (spec, shared[0], shared[1], *parents),
@@ -126,7 +126,7 @@ class Runner:
                     if a.faces(label):
                         self._save_failed(label, a, a.budgets, reason)
 
-    def _run_matches(self, labels: list[str], todo: Todo, evaluation: Any) -> None:
+    def _run_matches(self, labels: list[str], todo: Todo, shared: tuple[Any, Any]) -> None:
         direct = [a for a in self.plan.attacks if a.view.surrogate is None]
         # every match at once; in a cascade, one attack after the other (each defense in parallel)
         waves = [[a] for a in direct] if self.plan.config.cascade else [direct]
@@ -138,7 +138,8 @@ class Runner:
                         spec = self._spec(attack, budgets, label)
                         if self.plan.config.cascade:
                             spec = replace(spec, survivors=self._survivors(label, attack, budgets))
-                        jobs.append(((label, attack), (self.shared[label], spec, evaluation), _limit(spec)))
+                        jobs.append(((label, attack), (self.shared[label], spec, *_data(spec, shared)),
+                                     _limit(spec)))
             for (label, attack), outcome in self.executor.map(run_match, jobs):
                 self._store_outcome(label, attack, todo, outcome)
 
@@ -162,7 +163,7 @@ class Runner:
             out[b] = mask
         return out
 
-    def _run_transfers(self, todo: Todo, evaluation: Any) -> None:
+    def _run_transfers(self, todo: Todo, shared: tuple[Any, Any]) -> None:
         """Transfer attacks: examples crafted once per (surrogate, attack), judged on every defense."""
         wanted: dict[str, tuple[AttackPlan, set[float], list[str]]] = {}
         for label, items in todo.items():
@@ -174,7 +175,7 @@ class Runner:
         jobs = []
         for name, (a, b, _) in wanted.items():
             spec = self._spec(a, tuple(sorted(b)), a.view.surrogate)
-            jobs.append((name, (self.shared[a.view.surrogate], spec, evaluation), _limit(spec)))
+            jobs.append((name, (self.shared[a.view.surrogate], spec, shared[1]), _limit(spec)))
         for name, crafted in self.executor.map(craft_transfer, jobs):
             attack, _, labels = wanted[name]
             scoring = []
@@ -185,7 +186,8 @@ class Runner:
                     continue
                 budgets = next(b for a, b in todo[label] if a is attack)
                 spec = self._spec(attack, budgets, label)
-                scoring.append(((label, attack), (self.shared[label], spec, crafted, evaluation), _limit(spec)))
+                scoring.append(((label, attack), (self.shared[label], spec, crafted, *_data(spec, shared)),
+                                _limit(spec)))
             for (label, _), outcome in self.executor.map(score_transfer, scoring):
                 self._store_outcome(label, attack, todo, outcome)
 
@@ -221,7 +223,8 @@ class Runner:
                           "config_hash": self.plan.digest(), "seed": cfg.seed,
                           "executor": self.executor.name, "surrogate": attack.view.surrogate, "view": view,
                           **({"targets": attack.targets} if attack.targets is not None else {})},
-                         isolate=isolation.enabled(), judge_passes=cfg.judge_passes)
+                         isolate=isolation.enabled(), judge_passes=cfg.judge_passes,
+                         metrics=self.plan.metrics_for(defense, attack.label))
 
     def _provenance(self) -> dict[str, Any]:
         device = default_device()
@@ -232,6 +235,14 @@ class Runner:
 # A worker whose attack ignores its soft time limit (an ``except Exception`` around the attack
 # swallows the alarm) is killed this long after the limit of all its attack calls.
 GRACE = 5.0
+
+
+def _data(spec: MatchSpec, shared: tuple[Any, Any]) -> tuple[Any, ...]:
+    """A match task's data: the evaluation split, and the whole data set too when one of its
+    metrics needs the training split."""
+    if any("train" in mp.metric.needs for mp in spec.metrics):
+        return shared[1], shared[0]
+    return (shared[1],)
 
 
 def _limit(spec: MatchSpec) -> dict[str, Any]:

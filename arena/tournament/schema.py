@@ -13,6 +13,23 @@ from collections.abc import Callable
 from arena.tournament.leases import LEASES
 from arena.tournament.records import threat_model_of
 
+METRICS = """
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    metric TEXT NOT NULL,
+    metric_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    defense TEXT NOT NULL,
+    attack TEXT NOT NULL DEFAULT '',
+    budget REAL NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    value REAL,
+    error TEXT,
+    config_json TEXT NOT NULL DEFAULT '{}',
+    provenance_json TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, metric, defense, attack, budget)
+)"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,7 +82,7 @@ CREATE TABLE IF NOT EXISTS matches (
     provenance_json TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (run_id, defense, attack, budget)
 );
-""" + LEASES
+""" + LEASES + METRICS + ";\n"
 
 # Columns that unversioned (user_version 0) databases may lack: they were added on open, before
 # the schema had a version.
@@ -96,6 +113,12 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     conn.execute(LEASES)
 
 
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3: the ``metrics`` table (metric plugins' values, per model or per match;
+    a model metric's row has attack '' and budget 0)."""
+    conn.execute(METRICS)
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -46,12 +46,13 @@ from typing import Any, TypeVar
 
 from arena.errors import ConfigError
 from arena.tournament import leases
-from arena.tournament.records import (Lease, MatchRecord, MatchRow, ModelRecord, RunRecord, decode_mask,
-                                      encode_mask, mask_text, match_record, model_record, run_record,
-                                      threat_model_of)
+from arena.tournament.records import (Lease, MatchRecord, MatchRow, MetricRecord, ModelRecord, RunRecord,
+                                      decode_mask, encode_mask, mask_text, match_record, metric_record,
+                                      model_record, run_record, threat_model_of)
 from arena.tournament.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, columns
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Lease", "MatchRecord", "MatchRow", "ModelRecord", "RunRecord", "Store",
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Lease", "MatchRecord", "MatchRow", "MetricRecord", "ModelRecord",
+           "RunRecord", "Store",
            "decode_mask", "encode_mask", "threat_model_of"]
 
 T = TypeVar("T")
@@ -295,12 +296,15 @@ class Store:
     # ------------------------------------------------------------- results
     def save_model(self, run_id: int, **fields: Any) -> None:
         """Store a defense's model row: the columns of ``models`` by name, with ``config``,
-        ``checks`` and ``provenance`` as dicts and ``clean_mask`` as text or booleans."""
+        ``checks`` and ``provenance`` as dicts and ``clean_mask`` as text or booleans; its model
+        metrics (``metrics``: rows of :func:`~arena.tournament.records.metric_row`) are written
+        in the same transaction."""
+        metrics = fields.pop("metrics", [])
         fields["config_json"] = json.dumps(fields.pop("config"))
         fields["checks_json"] = json.dumps(fields.pop("checks", {}))
         fields["provenance_json"] = json.dumps(fields.pop("provenance", {}))
         fields["clean_mask"] = mask_text(fields["clean_mask"])
-        self._insert("models", run_id, fields)
+        self._insert("models", run_id, fields, metrics)
 
     def save_match(self, run_id: int, row: MatchRow) -> None:
         data = asdict(row)
@@ -308,16 +312,28 @@ class Store:
         data["provenance_json"] = json.dumps(data.pop("provenance"))
         data["attack_config_json"] = json.dumps(data.pop("attack_config"))
         data["robust_mask"] = None if row.robust_mask is None else mask_text(row.robust_mask)
-        self._insert("matches", run_id, data)
+        metrics = data.pop("metrics")
+        self._insert("matches", run_id, data, metrics)
 
-    def _insert(self, table: str, run_id: int, data: dict[str, Any]) -> None:
-        """One row, committed with a heartbeat of the run's lease."""
+    def _insert(self, table: str, run_id: int, data: dict[str, Any],
+                metrics: list[dict[str, Any]] | None = None) -> None:
+        """One row (and the metric rows that belong to it), committed with a heartbeat of the
+        run's lease."""
         cols = ", ".join(data)
         marks = ", ".join("?" for _ in data)
+        extra = []
+        for m in metrics or []:
+            m = dict(m)
+            m["config_json"] = json.dumps(m.pop("config", {}))
+            m["provenance_json"] = json.dumps(m.pop("provenance", {}))
+            extra.append(m)
 
         def step(conn: sqlite3.Connection) -> None:
             conn.execute(f"INSERT OR REPLACE INTO {table} (run_id, {cols}) VALUES (?, {marks})",
                          (run_id, *data.values()))
+            for m in extra:
+                conn.execute(f"INSERT OR REPLACE INTO metrics (run_id, {', '.join(m)}) "
+                             f"VALUES (?, {', '.join('?' for _ in m)})", (run_id, *m.values()))
             leases.beat(conn, run_id)
 
         self._write(step)
@@ -353,6 +369,11 @@ class Store:
 
     def models(self, run_id: int) -> list[ModelRecord]:
         return [model_record(r) for r in self._rows("SELECT * FROM models WHERE run_id = ? ORDER BY rowid", (run_id,))]
+
+    def metrics(self, run_id: int) -> list[MetricRecord]:
+        """The run's metric values, model metrics first, each in the order stored."""
+        return [metric_record(r) for r in self._rows(
+            "SELECT * FROM metrics WHERE run_id = ? ORDER BY scope DESC, rowid", (run_id,))]
 
     def matches(self, run_id: int) -> list[MatchRecord]:
         return [match_record(r) for r in self._rows("SELECT * FROM matches WHERE run_id = ? ORDER BY rowid",

@@ -1,0 +1,1 @@
+"""Built-in metric plugins: the measurements of the five source papers (arena.metric)."""
