@@ -1,4 +1,4 @@
-"""Every ready tournament file under tournaments/ validates against the installed plugins."""
+"""Every ready tournament file under tournaments/ (papers/ included) validates against the installed plugins."""
 from __future__ import annotations
 
 import tomllib
@@ -9,7 +9,8 @@ import pytest
 
 from arena.tournament.plan import load_tournament
 
-FILES = sorted((Path(__file__).parent.parent / "tournaments").glob("*.toml"))
+TOURNAMENTS = Path(__file__).parent.parent / "tournaments"
+FILES = sorted(TOURNAMENTS.glob("**/*.toml"))
 
 
 def stub_model_files(path: Path, root: Path) -> None:
@@ -22,9 +23,10 @@ def stub_model_files(path: Path, root: Path) -> None:
                 archive.writestr("stub", "")
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+@pytest.mark.parametrize("path", FILES, ids=[p.relative_to(TOURNAMENTS).as_posix() for p in FILES])
 def test_tournament_file_is_valid(path, registry, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # model-file paths are relative to the working directory
     stub_model_files(path, tmp_path)
     cfg = load_tournament(path, registry)
+    assert cfg.config.name != "tournament", f"{path.name}: give the tournament a name"
     assert cfg.defenses and cfg.attacks
