@@ -16,6 +16,8 @@ CONFIG = {
     "training": {"epochs": 2},
     "defenses": [{"id": "standard"}, {"id": "gda", "params": {"copies": 2}}],
     "attacks": [{"id": "fgsm", "budgets": [0.1, 0.3]}, {"id": "pgd", "params": {"steps": 5}, "budgets": [0.1]}],
+    # a model metric, and a match metric that needs the training split shared with the tasks
+    "metrics": [{"id": "loss-sensitivity"}, {"id": "training-set-distance"}],
 }
 
 
@@ -38,6 +40,11 @@ def test_ray_and_local_executors_agree(tmp_path):
         pool.close()
     assert workers
     assert _results(local, local_id) == _results(remote, remote_id)
+    measured = {(v.metric, v.defense, v.attack, v.budget): (v.status, round(v.value, 5))
+                for v in remote.metrics(remote_id)}
+    assert measured == {(v.metric, v.defense, v.attack, v.budget): (v.status, round(v.value, 5))
+                        for v in local.metrics(local_id)}
+    assert len(measured) == 2 + 2 * 3 and all(status == "ok" for status, _ in measured.values())
     assert len(_results(remote, remote_id)) == 2 * 3
     assert remote.run(remote_id).provenance["executor"] == "ray"
 
