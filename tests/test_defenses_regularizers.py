@@ -37,13 +37,72 @@ def inputs(n: int = 5) -> torch.Tensor:
     return torch.rand(n, 1, 2, 2, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
 
 
-def test_exact_jacobian_penalty_of_a_linear_model_is_the_squared_weight_norm():
+def test_exact_jacobian_penalty_of_a_linear_model_is_half_the_squared_weight_norm():
     model, x = linear(), inputs()
     w = model[1].weight.detach()
-    value = float(regularizers.jacobian_penalty(model(x), x).detach())
-    assert value == pytest.approx(float(w.pow(2).sum().detach()), rel=1e-6)
+    value = float(regularizers.jacobian_penalty(model(x), x).detach())   # Hoffman's ½‖J‖²_F
+    assert value == pytest.approx(0.5 * float(w.pow(2).sum().detach()), rel=1e-6)
     eq4 = regularizers.jacobian_penalty(model(x), x, form="eq4")   # √(N‖W‖²) / N
     assert float(eq4.detach()) == pytest.approx(float(w.norm().detach()) / math.sqrt(5), rel=1e-6)
+    with pytest.raises(ValueError, match="form"):
+        regularizers.jacobian_penalty(model(x), x, form="mean-squared")
+
+
+def hoffman_jacobian_reg(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``JacobianReg(n=-1).forward(x, y)`` of Hoffman et al.'s implementation
+    (facebookresearch/jacobian_regularizer, jacobian/jacobian.py), written out: "computes
+    (1/2) tr |dy/dx|^2" as R = ½·Σ_proj C‖Jv‖² / (num_proj·B), with num_proj = C one-hot v
+    (the exact case)."""
+    b, c = y.shape
+    j2 = 0
+    for ii in range(c):
+        v = torch.zeros(b, c)
+        v[:, ii] = 1
+        (jv,) = torch.autograd.grad(y.reshape(-1), x, v.reshape(-1), retain_graph=True, create_graph=True)
+        j2 = j2 + c * jv.norm() ** 2 / (c * b)
+    return 0.5 * j2
+
+
+def test_jacobian_reg_loss_is_ce_plus_lambda_times_hoffmans_criterion_on_digits(registry):
+    """Seed 000 §III-C takes its Jacobian term "as implemented in [14]" (Hoffman et al.): on a
+    digits batch and the trained digits CNN, `jacobian-reg`'s loss (default form, and the
+    seed000-mnist preset) and `combined`'s with λ1 = 0 are CE + λ·JacobianReg(n=-1)(x, y),
+    that is CE + λ·½·mean ‖J‖²_F."""
+    model = testing.trained_model()
+    x, y = testing.attack_batch(16)
+    xg = x.clone().requires_grad_(True)
+    logits = model(xg)
+    ce = float(F.cross_entropy(logits, y).detach())
+    reference = float(hoffman_jacobian_reg(xg, logits).detach())
+    half_mean = 0.5 * float(metrics.logit_jacobian(logits, xg).flatten(1).pow(2).sum(1).mean())
+    assert reference == pytest.approx(half_mean, rel=1e-5) and reference > 1.0
+
+    def loss(defense_id: str, **params) -> float:
+        return float(registry.make_defense(defense_id, **params).loss(model, x, y).detach())
+
+    assert loss("jacobian-reg", lam=0.1) == pytest.approx(ce + 0.1 * reference, rel=1e-5)
+    assert loss("jacobian-reg", preset="seed000-mnist") == pytest.approx(ce + 0.01 * reference, rel=1e-5)
+    assert loss("combined", lam_ns=0.0, lam_jac=0.01) == pytest.approx(ce + 0.01 * reference, rel=1e-5)
+    # the projected estimator is unbiased for the same ½‖J‖²_F (mean over 400 one-projection draws)
+    torch.manual_seed(0)
+    draws = [float(regularizers.jacobian_penalty(logits, xg, projections=1).detach()) for _ in range(400)]
+    assert sum(draws) / len(draws) == pytest.approx(reference, rel=0.1)
+
+
+def test_seed002_preset_is_eq4_on_digits(registry):
+    """The seed002-mnist preset is seed 002 §4's MNIST setting with eq. 4's penalty: λ = 0.1,
+    mini-batches of 500, and on a digits batch the loss is mean CE + λ·√(Σᵢ ‖J(xᵢ)‖²_F) / N
+    (eq. 4 divided by N), not ½·mean ‖J‖²_F."""
+    defense = registry.make_defense("jacobian-reg", preset="seed002-mnist")
+    assert (defense.config.form, defense.config.lam, defense.config.batch_size) == ("eq4", 0.1, 500)
+    model = testing.trained_model()
+    x, y = testing.attack_batch(16)
+    xg = x.clone().requires_grad_(True)
+    logits = model(xg)
+    sq = metrics.logit_jacobian(logits, xg).flatten(1).pow(2).sum(1)
+    expected = float(F.cross_entropy(logits, y).detach()) + 0.1 * float(sq.sum().sqrt()) / len(x)
+    assert float(defense.loss(model, x, y).detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(sq.sum().sqrt()) / len(x) != pytest.approx(0.5 * float(sq.mean()), rel=0.1)
 
 
 def test_random_projection_estimator_is_unbiased():
@@ -193,15 +252,66 @@ def tiny_data(n: int = 128) -> DataSplits:
 
 
 def test_auto_lambda_follows_the_calibration_protocol(registry):
-    defense = registry.make_defense("ns-loss", lam="auto", copies=2, batch_size=32, auto_trials=2,
-                                    auto_trial_batches=2)
+    """Seed 000 §III-C: "compute the values of Ri on 10 random batches from the training and
+    validation sets and store the average value as Ri0", then λi0 = log2 K / Ri0 and a search
+    in which each trial trains for an epoch. On 128 digits, a quarter held out as the
+    validation set: R_0 averages 10 training batches and the 4 validation batches (all the
+    validation set has), each drawn from its own part; λ_0 = log2 K / R_0; the trials train
+    on the training part only and record their validation accuracy."""
+    defense = registry.make_defense("ns-loss", lam="auto", copies=2, batch_size=8, auto_trials=2,
+                                    auto_trial_batches=2, auto_validation=0.25)
     with pytest.raises(ArenaError, match="auto"):
         defense.loss(testing.trained_model().train(), *testing.attack_batch(4))
-    defense.train(testing.trained_model(), tiny_data(), seed=0, finetune=True)
+    data = tiny_data()
+    fit_part, validation = defense.calibration_split(data.train, seed=0)
+    assert (len(fit_part), len(validation)) == (96, 32)
+    rows = {name: {bytes(r.numpy()) for r in split.x} for name, split in
+            (("train", fit_part), ("validation", validation))}
+    assert not rows["train"] & rows["validation"]
+
+    phase, seen = [""], []
+    terms, calibrate, trial = defense.terms, defense.calibrate, defense.trial
+
+    def spy_terms(model, x, y, which):
+        ce, regs = terms(model, x, y, which)
+        seen.append((phase[0], {bytes(r.cpu().numpy()) for r in x}, float(regs["ns"].detach())))
+        return ce, regs
+
+    def spy_calibrate(*args, **kwargs):
+        phase[0] = "reference"
+        lam = calibrate(*args, **kwargs)
+        phase[0] = "final training"
+        return lam
+
+    def spy_trial(*args, **kwargs):
+        phase[0] = "trial"
+        return trial(*args, **kwargs)
+
+    defense.terms, defense.calibrate, defense.trial = spy_terms, spy_calibrate, spy_trial
+    defense.train(testing.trained_model(), data, seed=0, finetune=True)
     record = defense.calibration["ns"]
+    reference = [(batch, value) for p, batch, value in seen if p == "reference"]
+    assert record["batches"] == {"train": 10, "validation": 4} and len(reference) == 14
+    assert all(batch <= rows["train"] for batch, _ in reference[:10])
+    assert all(batch <= rows["validation"] for batch, _ in reference[10:])
+    assert set().union(*(batch for batch, _ in reference[10:])) == rows["validation"]
+    values = [value for _, value in reference]
+    assert record["r0"] == pytest.approx(sum(values) / 14)
+    assert record["r0_validation"] == pytest.approx(sum(values[10:]) / 4)
     assert record["lam0"] == pytest.approx(math.log2(10) / record["r0"])
+    trials = [batch for p, batch, _ in seen if p == "trial"]
+    assert len(trials) == 4 and all(batch <= rows["train"] for batch in trials)  # 2 trials × 2 batches
     assert len(record["trials"]) == 2 and defense.lams["ns"] == record["lam"]
+    assert all(0.0 <= acc <= 1.0 for _, _, acc in record["trials"])
     assert record["lam0"] / math.sqrt(10) <= record["lam"] <= record["lam0"] * math.sqrt(10)
+    final = set().union(*(batch for p, batch, _ in seen if p == "final training"))
+    assert final == rows["train"] | rows["validation"]   # the defense itself trains on all of it
+
+
+def test_auto_lambda_refuses_an_empty_validation_set(registry):
+    defense = registry.make_defense("combined", lam_jac="auto", lam_ns=0.0, auto_validation=0.01)
+    with pytest.raises(ArenaError, match="auto_validation"):
+        defense.train(testing.trained_model(), tiny_data(20), seed=0, finetune=True)
 
 
 def test_adversarial_training_configs_are_checked(registry):
@@ -265,23 +375,30 @@ def test_vat_curvature_product_is_the_limit_of_miyatos_finite_difference():
 # training split with Adam, the same schedule for `standard` and for the defense, seed 42.
 #
 # Two directions do not reproduce and are marked xfail (not tuned), with the figures:
-# * jacobian-reg divides the mean ‖J‖_F by 7 (26.4 -> 3.6) but mostly by shrinking the logits:
-#   the mean logit margin falls by the same factor (6.56 -> 0.92; margin/‖J‖_F 0.248 -> 0.259),
-#   and DeepFool's ρ, which is scale-free, does not move (0.1535 -> 0.1467). The same holds after
-#   10 epochs at lr 1e-4 (0.1516 -> 0.1477); trained from scratch (8 epochs) ρ rises
-#   (0.157 -> 0.194) but clean accuracy falls 7 points. On seed 002's own architecture (the
-#   TensorFlow-tutorial CNN) and an MNIST-like dataset it does reproduce: see
-#   test_jacobian_reg_raises_deepfools_rho_on_seed_002s_network below.
+# * jacobian-reg (λ = 0.2 of ½·mean ‖J‖²_F, see PARAMS) divides the mean ‖J‖_F by 7 (26.4 -> 3.6)
+#   but mostly by shrinking the logits: the mean gap between the two largest test logits falls by
+#   the same factor (6.39 -> 0.89; gap/‖J‖_F 0.242 -> 0.249), and DeepFool's ρ, which is
+#   scale-free, does not move (0.1535 -> 0.1467). The same holds after 10 epochs at lr 1e-4
+#   (0.1516 -> 0.1477); trained from scratch (8 epochs) ρ rises (0.155 -> 0.189) but clean
+#   accuracy falls 7.6 points. On seed 002's own architecture (the TensorFlow-tutorial CNN) and
+#   an MNIST-like dataset, with seed 002's eq. 4 (seed002-mnist preset), ‖J‖_F falls but ρ does
+#   not rise at the test's scale either: see the seed_002s_network tests below.
 # * ns-loss lowers ‖J‖_F (26.4 -> 6.6) and raises robustness to FGSM and DeepFool's ρ, but the
 #   loss gradient at training points grows (0.365 -> 0.700): the logits flatten, the predictions
 #   lose confidence, and ‖Jᵀ(p − y)‖ grows with (p − y). On seed 000's own network it does
 #   reproduce: see test_ns_loss_flattens_the_loss_gradient_on_seed_000s_network below.
 
 SCHEDULE = {"finetune_epochs": 3, "finetune_lr": 1e-3, "batch_size": 64}
+# jacobian-reg at λ = 0.2 of Hoffman's ½·mean ‖J‖²_F: the strength these tests were written and
+# measured with (λ = 0.1 of mean ‖J‖²_F, before issue 14 gave the default form its ½). At the
+# default λ = 0.1 (half that strength) clean accuracy falls 2.9 points (97.1% -> 94.2%), beyond
+# the 2 points the accuracy test allows, with ‖J‖_F 26.4 -> 4.0.
+PARAMS = {"jacobian-reg": {"lam": 0.2}}
 
 
 @functools.lru_cache(maxsize=None)
 def finetuned(defense_id: str, **params) -> nn.Module:
+    params = {**PARAMS.get(defense_id, {}), **params}
     defense = testing.registry().make_defense(defense_id, **SCHEDULE, **params)
     return defense.train(testing.trained_model().train(), testing.digits(), seed=42, finetune=True).eval()
 
@@ -365,29 +482,52 @@ def post_processed(architecture_id: str, defenses: dict[str, dict]) -> tuple[Dat
     return data, models
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
-def test_jacobian_reg_raises_deepfools_rho_on_seed_002s_network():
+@functools.lru_cache(maxsize=None)
+def seed002_figures() -> dict[str, tuple[float, float, float]]:
     """Seed 002 §4's protocol, scaled to a CPU test: its MNIST network (the TensorFlow-tutorial
     CNN, here at a quarter of the width) trained normally on 5,000 Fashion-MNIST images (5
-    epochs), then post-processed with the Jacobian regulariser at λ = 0.1 (§4) with Adam at lr
-    1e-4 for 3 epochs, against the same post-processing without it. DeepFool's ρ on 200
-    correctly classified test points rises, ‖J‖_F falls, clean accuracy stays within 2 points
-    (measured: ρ 0.1096 -> 0.1194, ‖J‖_F 8.10 -> 2.75, accuracy 83.4% -> 83.0%). This is the
-    first setting tried, not a tuned one; on the digits CNN the direction does not hold (above)."""
-    data, models = post_processed("tf-tutorial-cnn", {"standard": {}, "jacobian-reg": {"lam": 0.1}})
-    figures_of = {}
+    epochs), then post-processed for 3 epochs (Adam, lr 1e-4) with the ``seed002-mnist``
+    preset (eq. 4, λ = 0.1, mini-batches of 500, §4), against the same post-processing
+    (batches of 500) without the regulariser. Per defense: clean test accuracy, DeepFool's ρ
+    and the mean ‖J‖_F on 200 correctly classified test points."""
+    data, models = post_processed("tf-tutorial-cnn", {"standard": {"batch_size": 500},
+                                                      "jacobian-reg": {"preset": "seed002-mnist"}})
+    found = {}
     for defense_id, model in models.items():
         with torch.no_grad():
             correct = model(data.test.x).argmax(dim=1) == data.test.y
         x, y = data.test.x[correct][:200], data.test.y[correct][:200]
         result = testing.registry().make_attack("deepfool")(model, x, y)
-        figures_of[defense_id] = (float(correct.float().mean()), metrics.empirical_robustness(x, result.x_adv, result.success),
-                                  metrics.mean_jacobian_frobenius(model, x))
-    (acc_std, rho_std, jac_std), (acc_jac, rho_jac, jac_jac) = figures_of["standard"], figures_of["jacobian-reg"]
+        found[defense_id] = (float(correct.float().mean()), metrics.empirical_robustness(x, result.x_adv, result.success),
+                             metrics.mean_jacobian_frobenius(model, x))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_seed002_preset_lowers_the_jacobian_norm_on_seed_002s_network():
+    """Seed 002 Table 1 (the mean ‖J‖_F falls with Jacobian regularisation at λ = 0.1) and §4
+    ("a minimal change in the original network's accuracy"), with eq. 4 through the
+    ``seed002-mnist`` preset (see :func:`seed002_figures`; measured: ‖J‖_F 7.46 -> 7.33,
+    accuracy 83.6% -> 83.6%)."""
+    (acc_std, _, jac_std), (acc_jac, _, jac_jac) = seed002_figures()["standard"], seed002_figures()["jacobian-reg"]
     assert jac_jac < jac_std, figures("mean ‖J‖_F", jac_std, jac_jac)
-    assert rho_jac > rho_std, figures("ρ (DeepFool)", rho_std, rho_jac)
     assert abs(acc_jac - acc_std) <= 0.02, figures("clean accuracy", acc_std, acc_jac)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.xfail(reason="does not reproduce at the test's scale with eq. 4 (seed002-mnist preset: λ = 0.1, "
+                          "batches of 500, so 30 steps at lr 1e-4): DeepFool ρ standard 0.1156, jacobian-reg "
+                          "0.1155 (‖J‖_F 7.46 -> 7.33)", raises=AssertionError, strict=True)
+def test_jacobian_reg_raises_deepfools_rho_on_seed_002s_network():
+    """Seed 002 Table 2: DeepFool's ρ rises with Jacobian regularisation (eq. 4, λ = 0.1 on
+    MNIST), here through the ``seed002-mnist`` preset (see :func:`seed002_figures`). The first
+    setting tried, not tuned. Before issue 14 this test ran Hoffman's mean-squared form at
+    batches of 64 instead (λ·mean ‖J‖²_F with λ = 0.1, i.e. λ = 0.2 in today's ½ form), where
+    ρ rose (0.1096 -> 0.1194, ‖J‖_F 8.10 -> 2.75): that is not seed 002's equation."""
+    (_, rho_std, _), (_, rho_jac, _) = seed002_figures()["standard"], seed002_figures()["jacobian-reg"]
+    assert rho_jac > rho_std, figures("ρ (DeepFool)", rho_std, rho_jac)
 
 
 @pytest.mark.slow

@@ -99,23 +99,42 @@ def leaky_relus(model: nn.Module, negative_slope: float) -> nn.Module:
     return model
 
 
+class RCEConfig(TrainingConfig):
+    negative_slope: float = Field(0.1, ge=0, lt=1, description=(
+        "every nn.ReLU of the network becomes LeakyReLU(negative_slope), seed 003 Appendix B's "
+        "activation (0.1) for all its models; 0 keeps the ReLUs"))
+
+
 class ReverseCrossEntropy(TrainingDefense):
     """Reverse cross-entropy training (Pang et al., "Towards Robust Detection of Adversarial
     Examples", NeurIPS 2018), as seed 003 (PDM, ICLR 2020 submission) §3.3 uses it and as its
     RCE baseline (Tables 1-3): the loss is the cross-entropy against the reverse label
     distribution (uniform over the non-true classes), and the prediction uses the negated
     training logits. The trained model outputs those negated logits directly (see the module
-    docstring), so its argmax is the prediction. The training schedule is the shared
-    `TrainingConfig` (seed 003 Appendix B trains ResNet-56 with SGD, lr 0.1, L2 0.002, batch
-    128, 80 epochs on MNIST; set those through the tournament's `[training]` table)."""
+    docstring), so its argmax is the prediction.
+
+    ``build`` swaps the network's ReLUs for LeakyReLU(0.1), as for `pdm`: seed 003 compares
+    "standard training of ResNet-56 [...] and ResNet-56 equipped with the RCE defense" and
+    lists one set of classifier hyper-parameters for them (Appendix B: "Activation
+    Leaky-Relu (0.1)"), so the RCE baseline has the same activation as PDM. The training
+    schedule is the shared `TrainingConfig` (Appendix B trains ResNet-56 with SGD, lr 0.1,
+    L2 0.002, batch 128, 80 epochs on MNIST; set those through the tournament's `[training]`
+    table)."""
 
     id: ClassVar[str] = "rce"
+    Config = RCEConfig
+
+    def build(self, architecture, input_shape, num_classes):
+        model = architecture.build(input_shape, num_classes)
+        if self.config.negative_slope > 0:
+            leaky_relus(model, self.config.negative_slope)
+        return model
 
     def loss(self, model, x, y):
         return reverse_cross_entropy(model(x), y)
 
 
-class PDMConfig(TrainingConfig):
+class PDMConfig(RCEConfig):
     same_class_prob: float = Field(0.5, ge=0, le=1, description=(
         "Q, the probability that a sample's Siamese partner is of its own class (Algorithm 1, "
         "line 6); seed 003 gives no value, 0.5 balances similar and dissimilar pairs"))

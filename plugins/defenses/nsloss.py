@@ -36,11 +36,11 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from arena import hookimpl
-from arena.data import DataSplits, Split
+from arena.data import DataSplits, Split, seeded_split
 from arena.defense import TrainingDefense
 from arena.errors import ArenaError
 from arena.model import model_device
-from arena.training import fit
+from arena.training import fit, predict
 from arena_builtins.defenses.regularizers import PresetConfig, jacobian_penalty
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU)
@@ -196,6 +196,9 @@ class NsConfig(PresetConfig):
     batched: bool = Field(True, description="all copies in one forward pass (False: N + 1 passes)")
     auto_trials: int = Field(4, ge=1, description="λ values tried by each 'auto' search")
     auto_trial_batches: int | None = Field(None, ge=1, description="batches per trial; None: one epoch")
+    auto_validation: float = Field(0.1, gt=0, lt=1, description=(
+        "'auto' λ: share of the training split held out (stratified, seeded) as §III-C's validation "
+        "set; R_0 is measured on training and validation batches, the trials train on the rest"))
 
 
 def bounded_search(ok, lam0: float, trials: int, span: float = math.sqrt(10)) -> float:
@@ -216,13 +219,31 @@ def bounded_search(ok, lam0: float, trials: int, span: float = math.sqrt(10)) ->
 class CalibratedDefense(TrainingDefense):
     """A loss CE + Σ_t λ_t·R_t whose weights may be ``"auto"``: seed 000 §III-C's protocol.
 
-    For each ``"auto"`` term, before training: (1) R_t0 = mean of R_t over 10 random training
-    batches of the model as given (the pretrained model when fine-tuning, as in the paper);
-    (2) λ_t0 = log2(K) / R_t0; (3) :func:`bounded_search` around λ_t0, where each trial trains a
-    copy of the model for one epoch (or ``auto_trial_batches``) on CE + λ·R_t alone, and λ is
-    too high when the trial's training cross-entropy (mean of its last fifth of batches) reaches
-    a random guess's, ln K nats (the paper writes log2 K). ``self.calibration`` records R_t0,
-    λ_t0, each trial and the choice.
+    The paper: "1) For a standard model, compute the values of Ri on 10 random batches from the
+    training and validation sets and store the average value as Ri0. 2) Choose
+    λi0 = log2 NumClasses / Ri0. 3) Perform a binary search [...] For each such λi, start
+    training the model for an epoch. If the training cross-entropy loss reaches the
+    cross-entropy of a random guess (log2 NumClasses), then λi is too high". A
+    :class:`~arena.data.DataSplits` has no validation split, so the calibration holds one out of
+    the training split (``auto_validation``, 10% by default, stratified and seeded:
+    :meth:`calibration_split`); the test split is never touched. For each ``"auto"`` term,
+    before training:
+
+    1. R_t0 = mean of R_t over 10 random batches of the calibration's training part *and* 10 of
+       its validation part (fewer where a part has fewer batches), all batches weighing the
+       same, on the model as given (the pretrained model when fine-tuning, as in the paper; a
+       fresh one when training from scratch), in training mode. "10 random batches from the
+       training and validation sets" is read as 10 from each; the paper does not say.
+    2. λ_t0 = log2(K) / R_t0.
+    3. :func:`bounded_search` around λ_t0, where each trial trains a copy of the model for one
+       epoch of the training part (or ``auto_trial_batches``) on CE + λ·R_t alone, and λ is too
+       high when the trial's training cross-entropy (mean of its last fifth of batches) reaches
+       a random guess's, ln K nats (the paper writes log2 K, the entropy in bits). The trial's
+       validation accuracy is recorded but, as in step 3, does not decide.
+
+    ``self.calibration[t]`` records R_t0 (``r0``, with ``r0_train`` and ``r0_validation``, and
+    the number of ``batches`` of each part), λ_t0, each trial as (λ, training CE, validation
+    accuracy) and the choice (``lam``). The final training then uses the whole training split.
     """
 
     lam_fields: ClassVar[dict[str, str]] = {}
@@ -255,38 +276,57 @@ class CalibratedDefense(TrainingDefense):
                 self.lams[term] = self.calibrate(term, model, data, seed=seed, finetune=finetune)
         return super().train(model, data, seed=seed, finetune=finetune, progress=progress)
 
+    def calibration_split(self, train: Split, seed: int) -> tuple[Split, Split]:
+        """The calibration's training and validation sets: ``train`` split by class, a share
+        ``auto_validation`` of each class held out (:func:`arena.data.seeded_split`, ``seed``)."""
+        fit_part, validation = seeded_split(train.x, train.y, self.config.auto_validation, seed)
+        if not len(validation) or not len(fit_part):
+            raise ArenaError(f"defense '{self.id}': auto_validation = {self.config.auto_validation} "
+                             f"leaves an empty training or validation set out of {len(train)} samples")
+        return fit_part, validation
+
     def calibrate(self, term: str, model: nn.Module, data: DataSplits, *, seed: int, finetune: bool) -> float:
         """λ for ``term`` by seed 000 §III-C (see the class docstring)."""
         k = data.num_classes
-        r0 = self.reference_value(term, model, data.train, seed)
+        fit_part, validation = self.calibration_split(data.train, seed)
+        r_train = self.reference_values(term, model, fit_part, seed)
+        r_val = self.reference_values(term, model, validation, seed + 1)
+        r0 = sum(r_train + r_val) / len(r_train + r_val)
         lam0 = math.log2(k) / max(r0, 1e-12)
-        record: dict[str, Any] = {"r0": r0, "lam0": lam0, "trials": []}
+        record: dict[str, Any] = {"r0": r0, "r0_train": sum(r_train) / len(r_train),
+                                  "r0_validation": sum(r_val) / len(r_val),
+                                  "batches": {"train": len(r_train), "validation": len(r_val)},
+                                  "lam0": lam0, "trials": []}
 
         def ok(lam: float) -> bool:
-            ce = self.trial_ce(term, lam, model, data.train, seed, finetune)
-            record["trials"].append((lam, ce))
+            ce, val_acc = self.trial(term, lam, model, fit_part, validation, seed, finetune)
+            record["trials"].append((lam, ce, val_acc))
             return ce < math.log(k)
 
         record["lam"] = bounded_search(ok, lam0, self.config.auto_trials)
         self.calibration[term] = record
         return record["lam"]
 
-    def reference_value(self, term: str, model: nn.Module, train: Split, seed: int, batches: int = 10) -> float:
-        """R_t0: the mean of R_t over ``batches`` random training batches (training mode)."""
+    def reference_values(self, term: str, model: nn.Module, split: Split, seed: int,
+                         batches: int = 10) -> list[float]:
+        """R_t on each of ``batches`` random batches of ``split`` (fewer if it has fewer), in
+        training mode, the model's parameters unchanged."""
         bs, was_training = self.config.batch_size, model.training
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
         device = model_device(model)
         model.train()
         values = []
-        for b in range(min(batches, math.ceil(len(train) / bs))):
+        for b in range(min(batches, math.ceil(len(split) / bs))):
             idx = order[b * bs:(b + 1) * bs]
-            _, regs = self.terms(model, train.x[idx].to(device), train.y[idx].to(device), (term,))
+            _, regs = self.terms(model, split.x[idx].to(device), split.y[idx].to(device), (term,))
             values.append(float(regs[term].detach()))
         model.train(was_training)
-        return sum(values) / len(values)
+        return values
 
-    def trial_ce(self, term: str, lam: float, model: nn.Module, train: Split, seed: int, finetune: bool) -> float:
-        """Train a copy for one epoch on CE + λ·R_t; its final training cross-entropy."""
+    def trial(self, term: str, lam: float, model: nn.Module, train: Split, validation: Split, seed: int,
+              finetune: bool) -> tuple[float, float]:
+        """Train a copy for one epoch of ``train`` on CE + λ·R_t: its final training
+        cross-entropy and its accuracy on ``validation``."""
         cfg, ces = self.config, []
         n = cfg.auto_trial_batches * cfg.batch_size if cfg.auto_trial_batches else None
 
@@ -296,11 +336,12 @@ class CalibratedDefense(TrainingDefense):
             return ce + lam * regs[term]
 
         torch.manual_seed(seed)
-        fit(copy.deepcopy(model), train.take(n, seed), objective, epochs=1, batch_size=cfg.batch_size,
-            lr=cfg.finetune_lr if finetune else cfg.lr, optimizer=cfg.optimizer,
-            weight_decay=cfg.weight_decay, seed=seed)
+        trained = fit(copy.deepcopy(model), train.take(n, seed), objective, epochs=1, batch_size=cfg.batch_size,
+                      lr=cfg.finetune_lr if finetune else cfg.lr, optimizer=cfg.optimizer,
+                      weight_decay=cfg.weight_decay, seed=seed)
         tail = ces[-max(1, len(ces) // 5):]
-        return sum(tail) / len(tail)
+        pred = predict(trained, validation.x).argmax(1).cpu()
+        return sum(tail) / len(tail), float((pred == validation.y.cpu()).float().mean())
 
 
 class NsLossConfig(NsConfig):
@@ -347,10 +388,12 @@ class CombinedConfig(NsConfig):
 
 class Combined(CalibratedDefense):
     """The combined defense of seed 000 (§III-A): CE + λ1·NsLoss + λ2·JacobReg, the Jacobian
-    term being ``jacobian-reg``'s mean ‖J(x)‖²_F (Hoffman et al. 2019, the paper's [14]) on the
-    clean inputs. Table I (presets): MNIST λ = (2.0, 0.01), NsEps = 1, N = 5, 20 epochs;
-    CIFAR-10 λ = (10.0, 0.01), NsEps = 3, N = 10, 100 epochs. Each λ may be ``"auto"``
-    (§III-C, calibrated one term at a time)."""
+    term being "the Jacobian regularization loss as implemented in [14]" (§III-C), Hoffman et
+    al. 2019: ``jacobian-reg``'s default form, ½·mean ‖J(x)‖²_F on the clean inputs (their
+    ``JacobianReg`` returns ½ tr(JᵀJ) averaged over the batch), so λ2 is their λ_JR. Table I
+    (presets): MNIST λ = (2.0, 0.01), NsEps = 1, N = 5, 20 epochs; CIFAR-10 λ = (10.0, 0.01),
+    NsEps = 3, N = 10, 100 epochs. Each λ may be ``"auto"`` (§III-C, calibrated one term at a
+    time)."""
 
     id: ClassVar[str] = "combined"
     Config = CombinedConfig
@@ -364,7 +407,7 @@ class Combined(CalibratedDefense):
         xg = x.detach().requires_grad_("jac" in which)
         logits = model(xg)
         if "jac" in which:
-            regs["jac"] = jacobian_penalty(logits, xg, cfg.projections)
+            regs["jac"] = jacobian_penalty(logits, xg, cfg.projections, form="hoffman")
         return F.cross_entropy(logits, y), regs
 
 

@@ -47,14 +47,27 @@ def jacobian_sq_norm(logits: torch.Tensor, x: torch.Tensor, projections: int | N
 
 
 def jacobian_penalty(logits: torch.Tensor, x: torch.Tensor, projections: int | None = None,
-                     form: str = "mean-squared") -> torch.Tensor:
-    """The Jacobian regulariser on a batch: mean ‖J‖²_F, or seed 002 eq. 4's √(Σᵢ ‖J(xᵢ)‖²_F)
-    divided by the batch size (``form="eq4"``, the term eq. 4 adds to a summed cross-entropy,
-    here added to the mean one)."""
+                     form: str = "hoffman") -> torch.Tensor:
+    """The Jacobian regulariser on a batch of N samples, in one of two forms with different λ:
+
+    * ``form="hoffman"`` (default): ½·(1/N) Σᵢ ‖J(xᵢ)‖²_F, the ``JacobianReg`` criterion of
+      Hoffman et al.'s implementation (facebookresearch/jacobian_regularizer, "computes (1/2)
+      tr |dy/dx|^2": R = ½·Σ_proj K‖vᵀJ‖² / (n_proj·N), added to the batch-mean cross-entropy as
+      ``loss = CE + lambda_JR * R``). Seed 000 takes its Jacobian term "as implemented in [14]"
+      (§III-C), so its Table I λ (0.01 / 0.1) weighs this ½.
+    * ``form="eq4"``: seed 002 eq. 4's √(Σᵢ ‖J(xᵢ)‖²_F) divided by N (eq. 4 adds λ·√(Σ ‖J‖²_F)
+      to a cross-entropy summed over the samples; dividing both by N puts it next to the mean
+      one), with seed 002's λ (0.1 / 0.5). Eq. 4 sums over the training examples and §4 trains
+      on mini-batches (500 / 128), so the sum is taken over the batch. Had the authors averaged
+      the cross-entropy instead (as the TensorFlow tutorial their MNIST network comes from
+      does) while keeping the square root of the batch sum, their λ would weigh √N times more
+      than here; the paper's equation is followed."""
     sq = jacobian_sq_norm(logits, x, projections)
     if form == "eq4":
         return sq.sum().clamp_min(1e-24).sqrt() / sq.shape[0]
-    return sq.mean()
+    if form != "hoffman":
+        raise ValueError(f"unknown Jacobian penalty form {form!r}: 'hoffman' or 'eq4'")
+    return 0.5 * sq.mean()
 
 
 def input_gradient_penalty(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -119,26 +132,34 @@ class JacobianConfig(RegularizerConfig):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "seed002-mnist": {"lam": 0.1, "form": "eq4", "batch_size": 500},
         "seed002-cifar10": {"lam": 0.5, "form": "eq4", "batch_size": 128, "optimizer": "rmsprop"},
-        "seed000-mnist": {"lam": 0.01, "finetune_epochs": 20, "finetune_lr": 1e-4},
-        "seed000-cifar10": {"lam": 0.1, "finetune_epochs": 100, "finetune_lr": 1e-4},
+        "seed000-mnist": {"lam": 0.01, "form": "hoffman", "finetune_epochs": 20, "finetune_lr": 1e-4},
+        "seed000-cifar10": {"lam": 0.1, "form": "hoffman", "finetune_epochs": 100, "finetune_lr": 1e-4},
     }
     preset: Literal["seed002-mnist", "seed002-cifar10", "seed000-mnist", "seed000-cifar10"] | None = None
     projections: int | None = Field(None, ge=1,
                                     description="None: exact; n: Hoffman et al.'s n random projections")
-    form: Literal["mean-squared", "eq4"] = Field("mean-squared",
-                                                 description="λ·mean ‖J‖²_F, or eq. 4's √Σ‖J‖²_F / N")
+    form: Literal["hoffman", "eq4"] = Field("hoffman", description=(
+        "λ·½·mean ‖J‖²_F (Hoffman et al.'s JacobianReg, seed 000), or seed 002 eq. 4's λ·√Σ‖J‖²_F / N"))
 
 
 class JacobianRegularization(GradientRegularizer):
-    """Jacobian regularisation (Jakubovitz & Giryes, "Improving DNN Robustness to Adversarial
-    Attacks using Jacobian Regularization", ECCV 2018, seed 002 §2 eq. 4): CE + λ·‖J(x)‖²_F of
-    the logits w.r.t. the input, averaged over the batch (Hoffman et al.'s form, the default);
-    ``form = "eq4"`` is eq. 4 itself, λ·√(Σᵢ ‖J(xᵢ)‖²_F) next to a summed cross-entropy, divided
-    by the batch size. Exact with K backward passes, or the random-projection estimator of
-    Hoffman et al. (2019) with ``projections = n``. Presets: ``seed002-mnist`` / ``-cifar10``
-    (eq. 4, λ = 0.1 / 0.5, batches of 500 / 128, §4) and ``seed000-mnist`` / ``-cifar10``
-    (Table I: λ = 0.01 / 0.1, 20 / 100 fine-tuning epochs at lr 1e-4). ``adversarial`` adds
-    adversarial training (seed 002's "Jacobian regularization & Adversarial Training")."""
+    """Jacobian regularisation of the logits w.r.t. the input, in the two forms the papers use
+    (λ means something different in each, see :func:`jacobian_penalty`):
+
+    * ``form = "hoffman"`` (the default): CE + λ·½·(1/N) Σᵢ ‖J(xᵢ)‖²_F, exactly the criterion of
+      Hoffman, Roberts and Yaida's implementation ("Robust Learning with Jacobian
+      Regularization", 2019; ``JacobianReg`` returns ½ tr(JᵀJ) averaged over the batch), which
+      seed 000 uses ("jacobian reg - The Jacobian regularization loss as implemented in [14]",
+      §III-C). Seed 000 writes no equation of its own, so its Table I λ is Hoffman's λ_JR:
+      with the ½, λ = 0.01 here is λ_JR = 0.01 there (without it, λ would weigh twice as much).
+    * ``form = "eq4"``: seed 002 (Jakubovitz & Giryes, ECCV 2018) §2 eq. 4,
+      λ·√(Σᵢ ‖J(xᵢ)‖²_F) next to a summed cross-entropy, both divided by the batch size.
+
+    Exact with K backward passes, or the random-projection estimator of Hoffman et al. with
+    ``projections = n``. Presets: ``seed002-mnist`` / ``-cifar10`` (eq. 4, λ = 0.1 / 0.5,
+    batches of 500 / 128, §4) and ``seed000-mnist`` / ``-cifar10`` (Hoffman's form; Table I:
+    λ = 0.01 / 0.1, 20 / 100 fine-tuning epochs at lr 1e-4). ``adversarial`` adds adversarial
+    training (seed 002's "Jacobian regularization & Adversarial Training")."""
 
     id: ClassVar[str] = "jacobian-reg"
     Config = JacobianConfig
