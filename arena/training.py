@@ -70,6 +70,8 @@ def judged(model: nn.Module | Callable, x: torch.Tensor, passes: int, *labels: t
     that does not declare itself randomised (``randomized``) is judged on one pass."""
     n = passes if getattr(model, "randomized", False) else 1
     hits = [torch.zeros(len(x), dtype=torch.long, device=t.device) for t in labels]
+    if len(x) == 0:  # nothing to judge (an entrant that classifies no evaluated sample correctly)
+        return [(h > 0, h.float()) for h in hits]
     with torch.no_grad():
         for _ in range(n):
             pred = predict(model, x, batch_size).argmax(1)

@@ -71,6 +71,18 @@ def test_training_defaults_reach_training_time_defenses_only(registry):
     assert plan.defense("own").defense.config.epochs == 3 and plan.defense("own").defense.config.lr == 0.01
 
 
+def test_a_preset_wins_over_the_training_defaults_and_loses_to_explicit_params(registry):
+    """A paper's preset (seed 002: batches of 500) is not silently replaced by [training]."""
+    plan = parse_tournament(with_(training={"batch_size": 64, "epochs": 2}, defenses=[
+        {"id": "standard"},
+        {"id": "jacobian-reg", "params": {"preset": "seed002-mnist"}},
+        {"id": "jacobian-reg", "name": "own", "params": {"preset": "seed002-mnist", "batch_size": 100}}]), registry)
+    assert plan.defense("standard").defense.config.batch_size == 64
+    preset = plan.defense("jacobian-reg").defense.config
+    assert preset.batch_size == 500 and preset.form == "eq4" and preset.epochs == 2  # epochs: not in the preset
+    assert plan.defense("own").defense.config.batch_size == 100
+
+
 @pytest.mark.parametrize("defense, error", [
     ({"id": "adversarial-training", "params": {"attack": "pgx"}}, "unknown attack 'pgx' (did you mean 'pgd'?)"),
     ({"id": "adversarial-training", "params": {"attack": {"id": "pgd", "params": {"stpes": 2}}}},

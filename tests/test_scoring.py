@@ -377,3 +377,15 @@ budgets = [0.1]
     assert resumed == run_id
     assert sum(SEEN) == first == sum(rows[("standard", "fgsm", 0.1)].robust_mask)
     assert again[("standard", "seen-01", 0.1)].robust_mask == rows[("standard", "seen-01", 0.1)].robust_mask
+
+
+def test_judging_an_empty_batch_gives_empty_verdicts():
+    """An entrant that classifies no evaluated sample correctly leaves nothing to judge (a transfer
+    match against it used to fail on the empty batch)."""
+    from arena.training import judged
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    model.randomized = True
+    empty, labels = torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.long)
+    ((correct, fraction), (reached, _)) = judged(model, empty, 20, labels, labels)
+    assert correct.dtype == torch.bool and correct.shape == fraction.shape == reached.shape == (0,)

@@ -306,11 +306,14 @@ def _defense(where: str, entry: DefenseEntry, cfg: TournamentConfig, architectur
 
 def merged_params(cls: type, params: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
     """A training-time defense's params over the tournament's ``[training]`` defaults (the keys
-    its config has); any other defense's params as they are."""
+    its config has); any other defense's params as they are. A ``preset`` the params name (a
+    config's ``presets`` class attribute: a paper's hyper-parameters) wins over the defaults:
+    the entry's own params first, then its preset, then ``[training]``."""
     if not getattr(cls, "trains", False):
         return dict(params)
     known = getattr(cls.Config, "model_fields", {})
-    return {**{k: v for k, v in training.items() if k in known}, **params}
+    preset = getattr(cls.Config, "presets", {}).get(params.get("preset"), {})
+    return {**{k: v for k, v in training.items() if k in known and k not in preset}, **params}
 
 
 def _attack(where: str, entry: AttackEntry, labels: list[str], registry: Registry) -> AttackPlan:
