@@ -99,6 +99,8 @@ class Metric(Plugin):
 
     def missing(self, inputs: ModelInputs) -> str | None:
         """Why this metric does not apply to ``inputs`` (None: it does)."""
+        if isinstance(inputs, MatchInputs) and len(inputs.x_rows) == 0:
+            return f"{inputs.attack} attacked no sample of '{inputs.defense}' (none is classified correctly)"
         if "train" in self.needs and inputs.train is None:
             return "the training split was not given"
         if "detector" in self.needs and inputs.detector is None:

@@ -257,3 +257,23 @@ def test_a_file_without_metrics_keeps_its_digest(reg, tmp_path):
     data = cfg.model_dump(mode="json")
     del data["metrics"]
     assert cfg.digest() == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_a_match_that_attacked_nothing_gets_n_a_rows(reg):
+    """Every match metric on a match with no attacked row (an entrant that classifies no sample
+    correctly) is n/a with the reason, not a failure inside the metric."""
+    from arena.metric import MatchInputs, evaluate
+    from arena.threat import Norm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    model(torch.zeros(1, 1, 8, 8))
+    empty = torch.zeros(0, 1, 8, 8)
+    inputs = MatchInputs("d", model, model, object(), torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long),
+                         torch.zeros(4, dtype=torch.bool), None, torch.device("cpu"), attack="a", norm=Norm.L2,
+                         budget=1.0, x_rows=empty, y_rows=torch.zeros(0, dtype=torch.long), x_adv=empty,
+                         broken=torch.zeros(0, dtype=torch.bool), distance=torch.zeros(0), targets=None,
+                         row_sample=torch.zeros(0, dtype=torch.long))
+    for metric_id, cls in reg.metrics.items():
+        if cls.scope is Scope.MATCH:
+            outcome = evaluate(reg.make_metric(metric_id), inputs)
+            assert outcome["status"] == "n/a" and "attacked no sample" in outcome["error"], metric_id
