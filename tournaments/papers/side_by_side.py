@@ -1,0 +1,325 @@
+"""The papers' headline tables next to the arena's figures, read from a results database.
+
+    python tournaments/papers/side_by_side.py seed003 results/seed003-pdm.db [--run N]
+
+prints, for the paper (``seed000`` … ``seed004``), each headline table with the published value
+and the arena's next to each other (``published / arena``), then each headline direction the
+paper claims with its published figures, the arena's, and whether it reproduces. The
+directions are the statements docs/reproductions.md discusses; the mapping from a published
+cell to the tournament file's entries is written out below, next to the numbers, so that a
+reader can check it against the paper.
+
+A cell is one of:
+
+* ``("clean", defense)``: the clean accuracy of an entry (%);
+* ``("acc", defense, attack, budget)``: the robust accuracy of a match (%);
+* ``("metric", metric, defense, attack, budget)``: a metric's value (``attack`` "" and
+  ``budget`` 0 for a model metric).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+INF = math.inf
+Cell = tuple
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, list[tuple[float | None, Cell | None]]]]  # (label, [(published, cell)])
+
+
+@dataclass
+class Direction:
+    text: str
+    left: Cell
+    op: str  # ">" or "<" (or ">=" / "<=")
+    right: Cell
+    published: tuple[float, float]
+
+
+def _acc(d: str, a: str, b: float) -> Cell:
+    return ("acc", d, a, b)
+
+
+def _m(metric: str, d: str, a: str = "", b: float = 0.0) -> Cell:
+    return ("metric", metric, d, a, b)
+
+
+# ----------------------------------------------------------------------------- seed 002
+S002_DEF = [("No defense", "no-defense"), ("AT", "adv-training"), ("IG", "input-grad"), ("IG & AT", "input-grad-at"),
+            ("CL", "cross-lipschitz"), ("CL & AT", "cross-lipschitz-at"), ("Jacobian", "jacobian"),
+            ("Jacobian & AT", "jacobian-at")]
+S002_RHO = {"No defense": 20.67, "AT": 22.38, "IG": 23.43, "IG & AT": 23.49, "CL": 29.03, "CL & AT": 32.38,
+            "Jacobian": 34.24, "Jacobian & AT": 36.29}  # Table 3, ρ_adv × 10⁻² (MNIST)
+
+SEED002 = {
+    "tables": [
+        Table("Table 1 (MNIST): mean ‖J‖_F of the logits, clean and at DeepFool's examples",
+              ["‖J‖_F clean", "‖J‖_F perturbed"],
+              [(label, [(pub[0], _m("jacobian-norm", d)), (pub[1], _m("jacobian-norm-adv", d, "deepfool", INF))])
+               for (label, d), pub in zip([S002_DEF[0], S002_DEF[1], S002_DEF[6], S002_DEF[7]],
+                                          [(0.14, 0.1877), (0.141, 0.143), (0.0315, 0.055), (0.0301, 0.0545)])]),
+        Table("Table 3 (MNIST): DeepFool ρ_adv (×10⁻² in the paper; the arena's ρ × 100)",
+              ["ρ_adv"], [(label, [(S002_RHO[label], _m("rho-adv", d, "deepfool", INF))]) for label, d in S002_DEF]),
+        Table("Table 2 (MNIST): post-processing vs regular training, ρ_adv",
+              ["ρ_adv"], [(label, [(pub, _m("rho-adv", d, "deepfool", INF))]) for label, d, pub in [
+                  ("IG regular", "input-grad-regular", 23.43), ("IG post", "input-grad", 24.03),
+                  ("CL regular", "cross-lipschitz-regular", 29.03), ("CL post", "cross-lipschitz", 29.99),
+                  ("Jacobian regular", "jacobian-regular", 32.89), ("Jacobian post", "jacobian", 34.24)]]),
+    ],
+    "scale": {"rho-adv": 100.0},
+    "directions": [
+        Direction("Jacobian reg. raises DeepFool's ρ_adv over no defense", _m("rho-adv", "jacobian", "deepfool", INF),
+                  ">", _m("rho-adv", "no-defense", "deepfool", INF), (34.24, 20.67)),
+        Direction("... and over the same post-processing without a regulariser (our control)",
+                  _m("rho-adv", "jacobian", "deepfool", INF), ">", _m("rho-adv", "no-defense-post", "deepfool", INF),
+                  (34.24, 20.67)),
+        Direction("Jacobian reg. beats adversarial training on ρ_adv", _m("rho-adv", "jacobian", "deepfool", INF),
+                  ">", _m("rho-adv", "adv-training", "deepfool", INF), (34.24, 22.38)),
+        Direction("Jacobian reg. beats cross-Lipschitz on ρ_adv", _m("rho-adv", "jacobian", "deepfool", INF), ">",
+                  _m("rho-adv", "cross-lipschitz", "deepfool", INF), (34.24, 29.03)),
+        Direction("cross-Lipschitz beats input-gradient on ρ_adv", _m("rho-adv", "cross-lipschitz", "deepfool", INF),
+                  ">", _m("rho-adv", "input-grad", "deepfool", INF), (29.03, 23.43)),
+        Direction("adding AT to Jacobian reg. raises ρ_adv", _m("rho-adv", "jacobian-at", "deepfool", INF), ">",
+                  _m("rho-adv", "jacobian", "deepfool", INF), (36.29, 34.24)),
+        Direction("Jacobian reg. lowers the clean ‖J‖_F", _m("jacobian-norm", "jacobian"), "<",
+                  _m("jacobian-norm", "no-defense"), (0.0315, 0.14)),
+        Direction("Jacobian reg. lowers ‖J‖_F at DeepFool's examples", _m("jacobian-norm-adv", "jacobian", "deepfool", INF),
+                  "<", _m("jacobian-norm-adv", "no-defense", "deepfool", INF), (0.055, 0.1877)),
+        Direction("post-processing beats regular training (Jacobian) on ρ_adv", _m("rho-adv", "jacobian", "deepfool", INF),
+                  ">", _m("rho-adv", "jacobian-regular", "deepfool", INF), (34.24, 32.89)),
+    ],
+}
+
+# ----------------------------------------------------------------------------- seed 003
+S003_ATTACKS = [("FGSM-0.05", "fgsm", 0.05), ("FGSM-0.1", "fgsm", 0.1), ("BIM-0.05", "bim", 0.05), ("BIM-0.1", "bim", 0.1),
+                ("C&W", "cw", INF), ("C&W-hc", "cw-hc", INF), ("JSMA", "jsma", INF)]
+S003_AUC = {  # Table 2, MNIST: baseline, RCE, PDM
+    "FGSM-0.05": (0.981, 0.983, 0.988), "FGSM-0.1": (0.988, 0.99, 0.995), "BIM-0.05": (0.983, 0.967, 0.987),
+    "BIM-0.1": (0.945, 0.92, 0.99), "C&W": (0.994, 1.0, 1.0), "C&W-hc": (0.88, 0.98, 1.0), "JSMA": (0.995, 1.0, 1.0)}
+S003_DEF = ["baseline-kde", "rce-kde", "pdm-kde"]
+
+SEED003 = {
+    "tables": [
+        Table("Table 1 (MNIST): clean accuracy (%)", ["CE", "RCE", "PDM"],
+              [("clean", [(99.33, ("clean", "baseline")), (99.32, ("clean", "rce")), (99.52, ("clean", "pdm"))])]),
+        Table("Table 2 (MNIST): detection AUC of the KDE detector, gray-box", ["Baseline", "RCE", "PDM"],
+              [(label, [(pub, _m("detection-auc", d, a, b)) for pub, d in zip(S003_AUC[label], S003_DEF)])
+               for label, a, b in S003_ATTACKS]),
+        Table("Table 3 (MNIST): white-box C&W-wb distortion (mean ‖δ‖₂/√n)", ["Baseline", "RCE", "PDM"],
+              [("distortion", [(pub, _m("distortion", d, "cw-wb", INF)) for pub, d in
+                               zip((0.087, 0.104, 0.162), ("baseline-kde-wb", "rce-kde-wb", "pdm-kde-wb"))])]),
+        Table("Table 4 (MNIST): black-box (proxy) detection AUC", ["Baseline", "RCE", "PDM"],
+              [("AUC", [(pub, _m("detection-auc", d, "substitute-cw", 28.0)) for pub, d in zip((0.88, 0.94, 0.99), S003_DEF)])]),
+    ],
+    "directions": [
+        Direction("PDM detects C&W-hc better than the baseline", _m("detection-auc", "pdm-kde", "cw-hc", INF), ">",
+                  _m("detection-auc", "baseline-kde", "cw-hc", INF), (1.0, 0.88)),
+        Direction("PDM detects BIM-0.1 better than RCE", _m("detection-auc", "pdm-kde", "bim", 0.1), ">",
+                  _m("detection-auc", "rce-kde", "bim", 0.1), (0.99, 0.92)),
+        Direction("RCE detects C&W-hc better than the baseline", _m("detection-auc", "rce-kde", "cw-hc", INF), ">",
+                  _m("detection-auc", "baseline-kde", "cw-hc", INF), (0.98, 0.88)),
+        Direction("white-box C&W-wb needs more distortion against PDM than against RCE",
+                  _m("distortion", "pdm-kde-wb", "cw-wb", INF), ">", _m("distortion", "rce-kde-wb", "cw-wb", INF),
+                  (0.162, 0.104)),
+        Direction("... and against RCE than against the baseline", _m("distortion", "rce-kde-wb", "cw-wb", INF), ">",
+                  _m("distortion", "baseline-kde-wb", "cw-wb", INF), (0.104, 0.087)),
+        Direction("black-box AUC: PDM above the baseline", _m("detection-auc", "pdm-kde", "substitute-cw", 28.0), ">",
+                  _m("detection-auc", "baseline-kde", "substitute-cw", 28.0), (0.99, 0.88)),
+        Direction("PDM's clean accuracy is at least CE's", ("clean", "pdm"), ">=", ("clean", "baseline"), (99.52, 99.33)),
+    ],
+}
+
+# ----------------------------------------------------------------------------- seed 004
+SEED004 = {
+    "tables": [
+        Table("Table 1 (MNIST): attacks on the undefended classifier, accuracy (%)", ["FGSM", "CW"],
+              [("C_M", [(0.72, _acc("standard", "fgsm", 0.3)), (0.03, _acc("standard", "cw", INF))])]),
+        Table("Table 2 (MNIST): DLN-prepended C¹, accuracy (%)", ["transfer (examples of C_M)", "fresh white-box"],
+              [("DLN trained on FGSM", [(88.5, _acc("dln-fgsm-r1", "fgsm-transfer", 0.3)), (13.75, _acc("dln-fgsm-r1", "fgsm", 0.3))]),
+               ("DLN trained on CW", [(95.42, _acc("dln-cw", "cw-transfer", INF)), (0.14, _acc("dln-cw", "cw", INF))])]),
+        Table("Table 3 (MNIST): DLN repeated against FGSM, accuracy (%)", ["clean", "FGSM"],
+              [(f"round {k}", [(pub[0], ("clean", d)), (pub[1], _acc(d, "fgsm", 0.3))]) for k, d, pub in [
+                  (0, "standard", (99.36, 0.72)), (1, "dln-fgsm-r1", (97.70, 13.70)), (2, "dln-fgsm-r2", (97.61, 24.86)),
+                  (3, "dln-fgsm-r3", (97.95, 43.39)), (4, "dln-fgsm-r4", (97.79, 52.88)), (5, "dln-fgsm-r5", (97.77, 56.57))]]),
+        Table("Table 4 (MNIST): NAC, accuracy (%)", ["clean", "CW", "FGSM"],
+              [("NAC", [(99.36, ("clean", "nac")), (93.60, _acc("nac", "cw", INF)), (0.74, _acc("nac", "fgsm", 0.3))])]),
+        Table("Table 6 (MNIST): repeated DLN + NAC, accuracy (%)", ["clean", "FGSM", "CW"],
+              [(f"round {k}", [(pub[0], ("clean", d)), (pub[1], _acc(d, "fgsm", 0.3)), (pub[2], _acc(d, "cw", INF))])
+               for k, d, pub in [(1, "dln-nac-r1", (97.70, 13.72, 93.7)), (2, "dln-nac-r2", (97.73, 24.28, 84.7)),
+                                 (3, "dln-nac-r3", (97.60, 43.20, 83.3)), (4, "dln-nac-r4", (97.64, 53.17, 79.0)),
+                                 (5, "dln-nac-r5", (97.73, 56.45, 79.3))]]),
+    ],
+    "directions": [
+        Direction("a DLN trained on FGSM examples of C_M recovers them (transfer)", _acc("dln-fgsm-r1", "fgsm-transfer", 0.3),
+                  ">", _acc("standard", "fgsm", 0.3), (88.5, 0.72)),
+        Direction("a fresh white-box FGSM still breaks C¹", _acc("dln-fgsm-r1", "fgsm", 0.3), "<",
+                  _acc("dln-fgsm-r1", "fgsm-transfer", 0.3), (13.75, 88.5)),
+        Direction("repeating DLN raises the FGSM accuracy (round 5 vs round 1)", _acc("dln-fgsm-r5", "fgsm", 0.3), ">",
+                  _acc("dln-fgsm-r1", "fgsm", 0.3), (56.57, 13.70)),
+        Direction("NAC resists C&W far better than the undefended classifier", _acc("nac", "cw", INF), ">",
+                  _acc("standard", "cw", INF), (93.60, 0.03)),
+        Direction("DLN-NAC after 5 rounds resists FGSM better than NAC alone", _acc("dln-nac-r5", "fgsm", 0.3), ">",
+                  _acc("nac", "fgsm", 0.3), (56.45, 0.74)),
+    ],
+}
+
+# ----------------------------------------------------------------------------- seed 001
+S001_DEF = [("CNN", "standard"), ("Feature squeezing", "feature-squeezing"), ("Label smoothing", "label-smoothing"),
+            ("FGSM adv. training", "fgsm-at"), ("VAT", "vat"), ("GDA+RELU", "gda"), ("GDA+BRELU", "gda-brelu")]
+S001_T2 = {"CNN": (52.07, 0.202, 3.90, 0.0609), "Feature squeezing": (35.61, 0.143, 3.01, 0.1215),
+           "Label smoothing": (37.06, 0.152, 3.18, 0.2289), "FGSM adv. training": (56.44, 0.226, 4.33, 0.0748),
+           "VAT": (73.32, 0.308, 6.64, 0.0741), "GDA+RELU": (73.96, 0.440, 10.36, 0.0244),
+           "GDA+BRELU": (69.56, 0.471, 9.31, 0.0753)}
+S001_T4 = {"CNN": (94.46, 40.70, 92.95, 97.95), "Feature squeezing": (96.31, 91.09, 96.68, 97.48),
+           "Label smoothing": (86.79, 20.28, 84.58, 95.86), "FGSM adv. training": (91.86, 49.77, 85.91, 98.62),
+           "VAT": (97.53, 74.35, 96.03, 98.26), "GDA+RELU": (98.47, 80.25, 97.84, 98.96),
+           "GDA+BRELU": (98.08, 75.50, 98.00, 98.88)}
+
+SEED001 = {
+    "tables": [
+        Table("Tables 2-3 (MNIST): minimal FGSM (capped at ε = 0.3), white-box", [
+            "accuracy (%)", "ρ", "training-set distance", "loss sensitivity"],
+            [(label, [(S001_T2[label][0], _acc(d, "fgsm-minimal", 0.3)),
+                      (S001_T2[label][1], _m("robustness", d, "fgsm-minimal", 0.3)),
+                      (S001_T2[label][2], _m("training-set-distance", d, "fgsm-minimal", 0.3)),
+                      (S001_T2[label][3], _m("loss-sensitivity", d))]) for label, d in S001_DEF]),
+        Table("Table 4 (MNIST): black-box, examples crafted on the undefended ResNet, accuracy (%)", [
+            "FGSM (0.1)", "Rand+FGSM (0.1)", "DeepFool", "JSMA"],
+            [(label, [(S001_T4[label][0], _acc(d, "fgsm-transfer", 0.1)),
+                      (S001_T4[label][1], _acc(d, "rand-fgsm-transfer", 0.1)),
+                      (S001_T4[label][2], _acc(d, "deepfool-transfer", INF)),
+                      (S001_T4[label][3], _acc(d, "jsma-transfer", INF))]) for label, d in S001_DEF]),
+    ],
+    "directions": [
+        Direction("GDA+RELU has a higher ρ than the CNN", _m("robustness", "gda", "fgsm-minimal", 0.3), ">",
+                  _m("robustness", "standard", "fgsm-minimal", 0.3), (0.440, 0.202)),
+        Direction("GDA+BRELU has a higher ρ than VAT", _m("robustness", "gda-brelu", "fgsm-minimal", 0.3), ">",
+                  _m("robustness", "vat", "fgsm-minimal", 0.3), (0.471, 0.308)),
+        Direction("label smoothing has a lower ρ than the CNN", _m("robustness", "label-smoothing", "fgsm-minimal", 0.3),
+                  "<", _m("robustness", "standard", "fgsm-minimal", 0.3), (0.152, 0.202)),
+        Direction("GDA's examples lie farther from the training set than the CNN's",
+                  _m("training-set-distance", "gda", "fgsm-minimal", 0.3), ">",
+                  _m("training-set-distance", "standard", "fgsm-minimal", 0.3), (10.36, 3.90)),
+        Direction("GDA+RELU lowers the loss sensitivity", _m("loss-sensitivity", "gda"), "<",
+                  _m("loss-sensitivity", "standard"), (0.0244, 0.0609)),
+        Direction("label smoothing raises the loss sensitivity", _m("loss-sensitivity", "label-smoothing"), ">",
+                  _m("loss-sensitivity", "standard"), (0.2289, 0.0609)),
+        Direction("GDA+RELU resists transferred FGSM better than the CNN", _acc("gda", "fgsm-transfer", 0.1), ">",
+                  _acc("standard", "fgsm-transfer", 0.1), (98.47, 94.46)),
+        Direction("GDA+RELU has a higher accuracy under minimal FGSM (ε ≤ 0.3) than the CNN",
+                  _acc("gda", "fgsm-minimal", 0.3), ">", _acc("standard", "fgsm-minimal", 0.3), (73.96, 52.07)),
+    ],
+}
+
+PAPERS: dict[str, dict[str, Any]] = {"seed001": SEED001, "seed002": SEED002, "seed003": SEED003, "seed004": SEED004}
+#: The Fashion-MNIST file whose results each paper's tables read.
+FILES = {"seed001": "seed001-efficient-defenses.toml", "seed002": "seed002-jacobian-reg.toml",
+         "seed003": "seed003-pdm.toml", "seed004": "seed004-learning-masking.toml"}
+
+
+def cells(paper: str) -> list[Cell]:
+    """Every cell the paper's tables and directions read."""
+    spec = PAPERS[paper]
+    out = [c for t in spec["tables"] for _, row in t.rows for _, c in row if c is not None]
+    return out + [c for d in spec["directions"] for c in (d.left, d.right)]
+
+
+# ----------------------------------------------------------------------------- reading a database
+
+class Results:
+    """The figures of one run, by cell."""
+
+    def __init__(self, db: Path, run_id: int | None = None, scale: dict[str, float] | None = None) -> None:
+        from arena.tournament.store import Store
+
+        store = Store(db, readonly=True)
+        try:
+            self.run_id = run_id if run_id is not None else store.latest_run()
+            self.models = {m.defense: m for m in store.models(self.run_id)}
+            self.matches = {(m.defense, m.attack, m.budget): m for m in store.matches(self.run_id)}
+            self.metrics = {(v.metric, v.defense, v.attack, v.budget): v for v in store.metrics(self.run_id)}
+            self.name = store.run(self.run_id).name
+        finally:
+            store.close()
+        self.scale = scale or {}
+
+    def value(self, cell: Cell | None) -> float | str | None:
+        """The arena's figure of ``cell`` (accuracies in %), a status where it is not ok, None
+        where the run has no such entry."""
+        if cell is None:
+            return None
+        kind = cell[0]
+        if kind == "clean":
+            m = self.models.get(cell[1])
+            return None if m is None else 100 * m.clean_accuracy
+        if kind == "acc":
+            m = self.matches.get(tuple(cell[1:]))
+            if m is None:
+                return None
+            return 100 * m.robust_accuracy if m.ok and m.robust_accuracy is not None else m.status
+        v = self.metrics.get(tuple(cell[1:]))
+        if v is None:
+            return None
+        return v.value * self.scale.get(cell[1], 1.0) if v.ok else v.status
+
+
+def _fmt(v: float | str | None) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    return f"{v:.4g}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def holds(a: Any, op: str, b: Any) -> bool | None:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return None
+    return {">": a > b, "<": a < b, ">=": a >= b, "<=": a <= b}[op]
+
+
+def report(paper: str, results: Results) -> str:
+    spec = PAPERS[paper]
+    out = [f"Run {results.run_id} of {results.name}: published / arena\n"]
+    for t in spec["tables"]:
+        out.append(f"**{t.title}**\n")
+        out.append("| | " + " | ".join(t.columns) + " |")
+        out.append("|---|" + "---|" * len(t.columns))
+        for label, cells in t.rows:
+            out.append(f"| {label} | " + " | ".join(f"{_fmt(p)} / {_fmt(results.value(c))}" for p, c in cells) + " |")
+        out.append("")
+    out.append("**Headline directions** (published figures, then the arena's)\n")
+    out.append("| direction | published | arena | reproduces |")
+    out.append("|---|---|---|---|")
+    for d in spec["directions"]:
+        a, b = results.value(d.left), results.value(d.right)
+        verdict = holds(a, d.op, b)
+        shown = "n/a" if verdict is None else "yes" if verdict else "**no**"
+        out.append(f"| {d.text} | {_fmt(d.published[0])} {d.op} {_fmt(d.published[1])} | "
+                   f"{_fmt(a)} {d.op} {_fmt(b)} | {shown} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paper", choices=sorted(PAPERS))
+    parser.add_argument("db", type=Path)
+    parser.add_argument("--run", type=int, default=None)
+    args = parser.parse_args(argv)
+    if not args.db.exists():
+        print(f"{args.db}: no such results database; run the paper's file first", file=sys.stderr)
+        return 2
+    print(report(args.paper, Results(args.db, args.run, PAPERS[args.paper].get("scale"))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
