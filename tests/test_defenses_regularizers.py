@@ -103,6 +103,10 @@ def test_seed002_preset_is_eq4_on_digits(registry):
     expected = float(F.cross_entropy(logits, y).detach()) + 0.1 * float(sq.sum().sqrt()) / len(x)
     assert float(defense.loss(model, x, y).detach()) == pytest.approx(expected, rel=1e-5)
     assert float(sq.sum().sqrt()) / len(x) != pytest.approx(0.5 * float(sq.mean()), rel=0.1)
+    # the other reading of eq. 4 (cross-entropy averaged, the square root of the batch sum kept)
+    other = registry.make_defense("jacobian-reg", preset="seed002-mnist", form="eq4-mean")
+    expected = float(F.cross_entropy(logits, y).detach()) + 0.1 * float(sq.sum().sqrt())
+    assert float(other.loss(model, x, y).detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_random_projection_estimator_is_unbiased():
