@@ -221,6 +221,13 @@ def test_the_leaderboard_shows_the_metrics(done):
     assert rho and rho[0]["budget"] == "inf" and rho[0]["status"] == "ok"
     for fmt in ("markdown", "latex", "html"):
         assert "metrics per model" in board.render(fmt)
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(board.render("csv"))))
+    auc = [r for r in rows if r["kind"] == "metric" and r["metric"] == "detection-auc" and r["defense"] == "kde"]
+    assert auc and 0.7 < float(auc[0]["value"]) <= 1 and auc[0]["attack"] == "fgsm-linf"
+    assert all(r["metric"] == "" for r in rows if r["kind"] == "match")
     index = publish(store, run_id, tmp / "site")
     html = index.read_text()
     assert "<h2 id=\"metrics\">Metrics</h2>" in html and "not a detector" in html

@@ -75,17 +75,25 @@ class Leaderboard:
         return formats.render_text(self, fmt)
 
     def csv_rows(self) -> list[dict[str, object]]:
-        """The match rows, then one row per worst case (``kind``: match or worst-case), with
-        ``complete`` and the ``missing`` attacks ("pgd: timed-out; cw: failed")."""
-        rows = [{**r, "kind": "match", "complete": _bool(r["status"] == "ok"), "missing": ""}
-                for r in self.long_rows]
-        keys = list(rows[0]) if rows else [*_MATCH_KEYS, "kind", "complete", "missing"]
+        """The match rows, then one row per worst case, then one per metric value (``kind``:
+        match, worst-case or metric), with ``complete`` and the ``missing`` attacks ("pgd:
+        timed-out; cw: failed"); a metric row has its ``metric`` and ``value`` (empty for the
+        other kinds)."""
+        rows = [{**r, "kind": "match", "complete": _bool(r["status"] == "ok"), "missing": "", "metric": "",
+                 "value": None} for r in self.long_rows]
+        keys = list(rows[0]) if rows else [*_MATCH_KEYS, "kind", "complete", "missing", "metric", "value"]
         for w in self.worst_cases:
             row = dict.fromkeys(keys)
             row.update({k: v for k, v in w.items() if k in row})
             row.update(attack="worst case", attack_id="", kind="worst-case", complete=_bool(w["complete"]),
                        status="complete" if w["complete"] else "incomplete",
-                       missing="; ".join(f"{g['attack']}: {g['status']}" for g in w["missing"]))
+                       missing="; ".join(f"{g['attack']}: {g['status']}" for g in w["missing"]), metric="")
+            rows.append(row)
+        for v in self.metric_rows:
+            row = dict.fromkeys(keys)
+            row.update(defense=v["defense"], attack=v["attack"] or "", budget=v["budget"], status=v["status"],
+                       kind="metric", complete=_bool(v["status"] == "ok"), missing=v["error"] or "",
+                       metric=v["metric"], value=v["value"])
             rows.append(row)
         return rows
 
