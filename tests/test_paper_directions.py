@@ -9,7 +9,6 @@ figures in its reason.
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import sys
 import tomllib
@@ -39,8 +38,7 @@ def reduced(name: str, *, defenses: list[str], attacks: list[str], samples: int,
     """The paper's file ``name`` with only the entries named, ``samples`` evaluated samples,
     ``train_size`` training images, ``epochs`` of training (when given) and ``params``
     overriding some entries' params (by entry name)."""
-    data = tomllib.loads((PAPERS / name).read_text())
-    data = copy.deepcopy(data)
+    data = tomllib.loads((PAPERS / name).read_text())  # a fresh dict: edited in place below
     data["samples"] = samples
     data["dataset"].setdefault("params", {})["train_size"] = train_size
     if epochs is not None:

@@ -18,6 +18,7 @@ from pydantic import Field
 from arena import hookimpl
 from arena import metrics as m
 from arena.metric import MatchInputs, Metric, ModelInputs, NotApplicable, Scope
+from arena.model import frozen
 from arena.plugin import PluginConfig
 
 
@@ -94,14 +95,8 @@ class DaviesBouldin(Metric):
         x, y = _first(inputs.x, n).to(inputs.device), _first(inputs.y, n)
         if len(set(y.tolist())) < 2:
             raise NotApplicable("the Davies–Bouldin index needs samples of at least two classes")
-        base = inputs.base
-        with torch.no_grad():
-            was = base.training
-            base.eval()
-            try:
-                z = torch.cat([base.features(x[i:i + 256]).flatten(1).cpu() for i in range(0, len(x), 256)])
-            finally:
-                base.train(was)
+        with frozen(inputs.base) as base, torch.no_grad():
+            z = torch.cat([base.features(x[i:i + 256]).flatten(1).cpu() for i in range(0, len(x), 256)])
         return m.davies_bouldin(z, y)
 
 
