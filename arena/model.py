@@ -1,12 +1,14 @@
-"""The Model protocol, black-box query access, and the Architecture plugin base.
+"""The Model protocol, black-box query access, input normalisation, and the Architecture plugin base.
 
 A model is anything that maps a float32 NCHW batch in [0, 1] to logits of shape ``(N, K)`` as
 a torch tensor and has ``eval()``/``train()``: a ``torch.nn.Module`` in practice. Backends for
-other frameworks (Keras) wrap their models into such a module.
+other frameworks (Keras) wrap their models into such a module. A network trained on normalised
+inputs enters with :func:`with_normalization` in front of it, so that it too takes [0, 1]
+pixels and every attack budget stays in pixel space.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -232,6 +234,88 @@ class QueryOracle(OracleView):
         if self._output == "labels":
             return logits.argmax(dim=1)
         return logits.softmax(dim=1)
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel of an ``(N, C, ...)`` batch: the first layer of a network
+    trained on normalised inputs, so that the network takes [0, 1] pixels.
+
+    ``mean`` and ``std`` (one value per channel, ``std > 0``, finite) are float32 buffers: they
+    move with ``.to(device)``, are part of ``state_dict()`` and count in the harness's exact model
+    check like any weight. The forward pass stores nothing on the module, and an input with
+    another number of channels is a ValueError naming both counts.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        m = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        s = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if m.numel() == 0 or m.shape != s.shape:
+            raise ValueError(f"normalize: mean and std need one value per channel each, got {m.numel()} "
+                             f"and {s.numel()}")
+        if not (bool(torch.isfinite(m).all()) and bool(torch.isfinite(s).all()) and bool((s > 0).all())):
+            raise ValueError(f"normalize: mean must be finite and std finite and positive, got mean "
+                             f"{m.tolist()}, std {s.tolist()}")
+        self.register_buffer("mean", m)
+        self.register_buffer("std", s)
+
+    @property
+    def channels(self) -> int:
+        """The number of channels it normalises."""
+        return int(self.mean.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"normalize: {self.channels} channel(s) of mean/std, but the input has shape "
+                             f"{tuple(x.shape)} (NCHW)")
+        shape = (1, self.channels) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+class Normalized(nn.Module):
+    """``model(normalize(x))``: a network trained on normalised inputs, taking [0, 1] pixels.
+
+    Its own ``state_dict()`` holds ``normalize.mean``, ``normalize.std`` and the network's
+    entries under ``model.``; a weights file of the *user's* network (without the
+    normalisation) loads into ``.model`` (the torch backend does so when the file's keys are
+    the network's own).
+    """
+
+    def __init__(self, model: nn.Module, normalize: Normalize) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+
+class NormalizedFeatureClassifier(Normalized):
+    """:class:`Normalized` around a ``classifier(features(x))`` network, keeping that layout:
+    ``features(x)`` is the network's embedding of the normalised ``x`` and ``classifier(z)`` its
+    last layer, so embedding defenses and metrics work on it."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(self.normalize(x))
+
+    def classifier(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.classifier(z)
+
+
+def with_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> Normalized:
+    """``model`` behind a :class:`Normalize` layer of ``mean`` and ``std`` (one value per
+    channel), on ``model``'s device: a :class:`NormalizedFeatureClassifier` when ``model`` has
+    callable ``features`` and ``classifier``, else a :class:`Normalized`."""
+    normalize = Normalize(mean, std).to(model_device(model))
+    layout = callable(getattr(model, "features", None)) and callable(getattr(model, "classifier", None))
+    wrapped = (NormalizedFeatureClassifier if layout else Normalized)(model, normalize)
+    return wrapped.train(model.training)
 
 
 class Architecture(Plugin):

@@ -60,6 +60,12 @@ def write_torch(model: torch.nn.Module, directory: Path) -> Path:
     return directory / "digits.pt"
 
 
+def write_torchscript(model: torch.nn.Module, directory: Path) -> Path:
+    path = directory / "digits.torchscript"
+    torch.jit.trace(model.eval(), torch.zeros(2, 1, 8, 8)).save(str(path))
+    return path
+
+
 def write_keras(model: torch.nn.Module, directory: Path) -> Path:
     pytest.importorskip("tensorflow", reason="the [keras] extra is not installed")
     pytest.importorskip("keras", reason="the [keras] extra is not installed")
@@ -176,9 +182,14 @@ TABLE = [
     row("dataset", "fashion-mnist", {"train_size": 100, "test_size": 50}, label="fashion-mnist-installed",
         marks=(pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"),)),
     row("dataset", "cifar10", {"path": Fixture("cifar10_dir")}),
+    row("dataset", "cifar100", {"path": Fixture("cifar100_dir")}),
+    row("dataset", "image-folder", {"path": Fixture("image_folder_dir"), "grayscale": True}),
+    row("dataset", "tensor-file", {"path": Fixture("tensor_file")}),
     # ---- architectures, each on data of the shape its paper uses
     row("architecture", "digits-cnn"),
     row("architecture", "mlp", {"hidden": [32, 16]}),
+    # a user's network by import path (tests/userpkg; pytest puts tests/ on sys.path)
+    row("architecture", "import", {"factory": "userpkg.nets:small_cnn", "normalize": {"mean": [0.5], "std": [0.25]}}),
     row("architecture", "keras-mnist-cnn", {"width": 0.25}, dataset=MNIST_LIKE),
     row("architecture", "tf-tutorial-cnn", {"width": 0.25}, dataset=MNIST_LIKE),
     row("architecture", "seed001-cnn", {"width": 0.25}, dataset=MNIST_LIKE),
@@ -189,6 +200,7 @@ TABLE = [
     # ---- model backends
     row("backend", "torch", write_model=write_torch),
     row("backend", "keras", write_model=write_keras),
+    row("backend", "torchscript", write_model=write_torchscript),
 ]
 
 
@@ -294,6 +306,49 @@ def cifar10_dir(tmp_path_factory) -> Path:
         with (folder / name).open("wb") as fh:
             pickle.dump(batch, fh, protocol=2)
     return folder.parent
+
+
+@pytest.fixture(scope="session")
+def cifar100_dir(tmp_path_factory) -> Path:
+    """Digits upscaled to 32x32 RGB in CIFAR-100's pickle files (fine label: the digit, coarse: digit // 5)."""
+    folder = tmp_path_factory.mktemp("cifar100") / "cifar-100-python"
+    folder.mkdir()
+    data = testing.digits()
+    for name, split in (("train", data.train.take(16, 0)), ("test", data.test.take(8, 0))):
+        images, labels = _digit_images(split)
+        rgb = np.repeat(np.kron(images, np.ones((4, 4), np.uint8))[:, None], 3, axis=1)
+        batch = {b"data": rgb.reshape(len(rgb), 3072), b"fine_labels": labels.tolist(),
+                 b"coarse_labels": (labels // 5).tolist()}
+        with (folder / name).open("wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+    meta = {b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}
+    with (folder / "meta").open("wb") as fh:
+        pickle.dump(meta, fh, protocol=2)
+    return folder.parent
+
+
+@pytest.fixture(scope="session")
+def image_folder_dir(tmp_path_factory) -> Path:
+    """60 digits as 8x8 grey PNGs in an ImageFolder tree, one folder per class."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("image-folder")
+    images, labels = _digit_images(testing.digits().train.take(60, 0))
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / f"digit{label}").mkdir(exist_ok=True)
+        Image.fromarray(image).save(root / f"digit{label}" / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tensor_file(tmp_path_factory) -> Path:
+    """60 training and 30 test digits as uint8 (N, H, W) arrays in one .npz file."""
+    path = tmp_path_factory.mktemp("tensor-file") / "digits.npz"
+    data = testing.digits()
+    (x, y), (x_test, y_test) = (_digit_images(s) for s in (data.train.take(60, 0), data.test.take(30, 0)))
+    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+    return path
 
 
 # ------------------------- third-party plugins, through their hooks, under the suites as classes

@@ -215,6 +215,82 @@ def check_samples(plan: Plan, data: DataSplits) -> None:
                               f"dataset '{plan.dataset.id}' has only {data.num_classes - 1} other classes")
 
 
+def check_architectures(plan: Plan, data: DataSplits) -> None:
+    """Each distinct architecture the plan's defenses build on (training-time defenses, and model
+    files whose backend loads weights into it), built once for the loaded dataset and run on two
+    of its test inputs, before anything trains: a network that cannot be built, fails on inputs
+    of the dataset's shape or returns anything but ``(2, num_classes)`` logits is a one-line
+    ConfigError naming the file, the field and the architecture. The driver's random generator
+    is left as it was."""
+    import json
+
+    import torch
+
+    from arena.model import seeded
+
+    index = {entry.label: i for i, entry in enumerate(plan.config.defenses)}
+    seen: set[str] = set()
+    for d in plan.defenses:
+        if not _builds_architecture(d.defense):
+            continue
+        key = json.dumps(d.architecture.model_dump(mode="json"), sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        own = plan.config.defenses[index[d.label]].architecture is not None
+        where = f"{plan.source}: {f'defenses[{index[d.label]}].architecture' if own else 'architecture'}"
+        with seeded(plan.seed, torch.device("cpu")):
+            _check_architecture(d.architecture, data, plan.dataset.id, where)
+
+
+def _builds_architecture(defense: Defense) -> bool:
+    """Whether the tournament builds ``defense``'s architecture: to train it, or as the template a
+    model file's weights load into (not for a backend, such as Keras, whose file holds its network)."""
+    from arena.defense import PretrainedDefense
+
+    if getattr(defense, "trains", False):
+        return True
+    if not isinstance(defense, PretrainedDefense):
+        return False
+    backend = getattr(defense.config, "backend", None)
+    return bool(getattr(getattr(backend, "cls", None), "needs_template", True))
+
+
+def _check_architecture(ref: ArchitectureRef, data: DataSplits, dataset: str, where: str) -> None:
+    """One architecture built for ``data`` and run on two of its inputs (see :func:`check_architectures`)."""
+    import torch
+    from torch import nn
+
+    factory = ref.params.get("factory") if isinstance(ref.params, dict) else None
+    name = f"architecture '{ref.id}'" + (f" ({factory})" if isinstance(factory, str) else "")
+    shape, k = tuple(data.input_shape), data.num_classes
+
+    def first_line(exc: BaseException) -> str:
+        return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+    try:
+        model = ref.build().build(shape, k)
+    except ConfigError as exc:  # the plugin's own one-line message
+        raise ConfigError(f"{where}: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(f"{where}: {name}: building it for inputs of shape {shape} and {k} classes of "
+                          f"dataset '{dataset}' raised {first_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{where}: {name}: build returned a {type(model).__name__}, not a torch.nn.Module")
+    x = data.test.x[:2] if len(data.test) >= 2 else torch.zeros(2, *shape)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as exc:  # a shape mismatch inside the network, most often
+        raise ConfigError(f"{where}: {name}: a forward pass on 2 inputs of shape {shape} of dataset "
+                          f"'{dataset}' raised {first_line(exc)}") from None
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if got != (2, k):
+        what = f"output shape {got}" if got is not None else f"a {type(out).__name__}, not a tensor"
+        raise ConfigError(f"{where}: {name}: expects logits of shape (2, {k}) for 2 inputs of shape {shape}, "
+                          f"got {what} for {k} classes of dataset '{dataset}'")
+
+
 def parse_tournament(data: dict[str, Any], registry: Registry, source: str = "<tournament>") -> Plan:
     """Validate ``data`` (a parsed tournament file) and resolve it into a :class:`Plan`."""
     cfg = read_tournament(data, source)

@@ -42,32 +42,58 @@ class BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` of one pickled batch."""
+READ_ERRORS = (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
+               IndexError, AttributeError)
+
+
+def unpickle(path: Path, what: str) -> dict:
+    """The dict pickled in ``path`` (a CIFAR-10 or CIFAR-100 file), read with :class:`BatchUnpickler`;
+    anything else, or a file that wants more than numpy arrays, is a ConfigError naming ``path``."""
     try:
         with path.open("rb") as fh:
-            batch = BatchUnpickler(fh, encoding="bytes").load()
+            obj = BatchUnpickler(fh, encoding="bytes").load()
+    except READ_ERRORS as exc:
+        raise ConfigError(f"{path}: not a {what}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: not a {what}: it holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def read_arrays(path: Path, what: str, labels_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 3, 32, 32)`` uint8 and the labels ``labels_key`` ``(N,)`` of one pickled file,
+    checked against each other and against ``0..num_classes - 1``."""
+    batch = unpickle(path, what)
+    try:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
-            IndexError, AttributeError) as exc:
-        raise ConfigError(f"{path}: not a CIFAR-10 batch: {type(exc).__name__}: {exc}") from None
+        labels = np.asarray(batch[labels_key], dtype=np.int64)
+    except KeyError as exc:
+        key = exc.args[0].decode() if isinstance(exc.args[0], bytes) else exc.args[0]
+        raise ConfigError(f"{path}: not a {what}: no {key!r} entry") from None
+    except READ_ERRORS as exc:
+        raise ConfigError(f"{path}: not a {what}: {type(exc).__name__}: {exc}") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-        raise ConfigError(
-            f"{path}: corrupt CIFAR-10 batch: data {data.shape}, labels {labels.shape}"
-        )
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ConfigError(f"{path}: labels outside 0..9")
+        raise ConfigError(f"{path}: corrupt {what}: data {data.shape}, labels {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ConfigError(f"{path}: labels outside 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` of one pickled batch."""
+    return read_arrays(path, "CIFAR-10 batch", b"labels", 10)
 
 
 def read_split(directory: Path, names: tuple[str, ...]) -> Split:
     """The batches ``names`` of ``directory`` concatenated, as a float32 split in [0, 1]."""
     parts = [read_batch(directory / name) for name in names]
-    x = np.concatenate([p[0] for p in parts]).astype(np.float32)
+    return to_split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def to_split(images: np.ndarray, labels: np.ndarray) -> Split:
+    """uint8 images ``(N, 3, 32, 32)`` and int64 labels as a float32 split in [0, 1]."""
+    x = images.astype(np.float32)
     x /= 255.0
-    y = np.concatenate([p[1] for p in parts])
-    return Split(torch.from_numpy(x), torch.from_numpy(y))
+    return Split(torch.from_numpy(x), torch.from_numpy(labels))
 
 
 def download(root: Path) -> None:

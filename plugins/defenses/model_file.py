@@ -1,4 +1,4 @@
-"""A pretrained model file as a tournament entrant (torch state dicts, Keras models)."""
+"""A pretrained model file as a tournament entrant (torch state dicts, TorchScript, Keras models)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,10 +13,11 @@ from arena import hookimpl
 from arena.data import DataSplits
 from arena.defense import PretrainedDefense
 from arena.errors import ConfigError
-from arena.model import Architecture
+from arena.model import Architecture, Normalized, with_normalization
 from arena.plugin import PluginConfig
 from arena.refs import BackendRef
 from arena.registry import active_registry
+from arena_builtins.architectures.imported import NormalizeConfig
 
 
 class ModelFileConfig(PluginConfig):
@@ -27,6 +28,9 @@ class ModelFileConfig(PluginConfig):
         None, description="Keras backend to run a Keras file on; must match the process (KERAS_BACKEND)")
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="further backend options (keras: input_scale, outputs)")
+    normalize: NormalizeConfig | None = Field(
+        None, description="{mean, std} per channel: the model was trained on (x - mean) / std of [0, 1] "
+        "pixels; applied as its first layer, whatever the backend")
 
     @model_validator(mode="before")
     @classmethod
@@ -59,10 +63,11 @@ class ModelFileConfig(PluginConfig):
 
 # The first bytes of each format a built-in backend reads, by suffix (a file of another suffix,
 # read by a third-party backend, is only checked to be a readable file).
-ZIP = b"PK\x03\x04"  # torch.save since 1.6, and .keras files
+ZIP = b"PK\x03\x04"  # torch.save since 1.6, torch.jit.save, and .keras files
 LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's old pickle magic number
 HDF5 = b"\x89HDF\r\n\x1a\n"
 FORMATS = {".pt": ("a torch.save file", (ZIP, LEGACY_TORCH)), ".pth": ("a torch.save file", (ZIP, LEGACY_TORCH)),
+           ".torchscript": ("a TorchScript archive", (ZIP,)), ".ts": ("a TorchScript archive", (ZIP,)),
            ".keras": ("a Keras zip archive", (ZIP,)), ".h5": ("an HDF5 file", (HDF5,)),
            ".hdf5": ("an HDF5 file", (HDF5,))}
 
@@ -98,10 +103,14 @@ class ModelFile(PretrainedDefense):
     e.g. the Keras MNIST CNN of seed 000 or the TensorFlow tutorial network of seed 002).
 
     Torch files (``.pt``/``.pth``/``.safetensors``, weights only) are loaded into the
-    tournament's architecture; Keras files (``.keras``, legacy ``.h5``) carry their own
-    architecture and load with ``safe_mode=True``. Inference-time defenses and detectors wrap it
-    through ``on``. After :meth:`load`, ``provenance`` records the backend that ran it, its
-    versions and the file's SHA-256.
+    tournament's architecture (``import`` enters a network of one's own code); TorchScript
+    archives (``.torchscript``/``.ts``) and Keras files (``.keras``, legacy ``.h5``, loaded with
+    ``safe_mode=True``) carry their own architecture. ``normalize = {mean, std}`` puts a
+    per-channel normalisation layer first, for a model trained on normalised inputs: the entrant
+    takes [0, 1] pixels and attack budgets stay in pixel space (for Keras, before
+    ``input_scale``). Inference-time defenses and detectors wrap it through ``on``. After
+    :meth:`load`, ``provenance`` records the backend that ran it, its versions and the file's
+    SHA-256.
     """
 
     id: ClassVar[str] = "model-file"
@@ -122,17 +131,32 @@ class ModelFile(PretrainedDefense):
         if getattr(backend, "needs_template", True):
             template = architecture.build(data.input_shape, data.num_classes)
         model = backend.load(path, template)
-        _check_outputs(model, data, path)
         describe = getattr(model, "describe", None)
+        if cfg.normalize is not None:
+            if isinstance(template, Normalized) or isinstance(model, Normalized):
+                raise ConfigError(f"defense '{self.id}': {path}: normalize is given twice, in the model file's "
+                                  "params and in its architecture's; keep one")
+            cfg.normalize.check_channels(data.input_shape[0], f"defense '{self.id}': {path}")
+            model = with_normalization(model, cfg.normalize.mean, cfg.normalize.std).eval()
+        _check_outputs(model, data, path)
         self.provenance = {"backend": cfg.backend.id, "sha256": _sha256(path),
                            **(describe() if callable(describe) else {})}
         return model
 
 
 def _check_outputs(model: nn.Module, data: DataSplits, path: Path) -> None:
-    """One forward pass on two test images: logits of shape (2, num_classes)."""
-    with torch.no_grad():
-        out = model.eval()(data.test.x[:2])
+    """One forward pass on two test images: logits of shape (2, num_classes); a model that
+    cannot take the dataset's inputs is a one-line ConfigError too."""
+    x = data.test.x[:2]
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as exc:  # a shape mismatch inside the network, most often
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(f"{path}: the model fails on inputs of shape {tuple(x.shape)} of dataset "
+                          f"'{data.name}': {type(exc).__name__}: {first}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"{path}: the model returns a {type(out).__name__}, not a tensor of logits")
     if tuple(out.shape) != (2, data.num_classes):
         raise ConfigError(f"{path}: the model returns shape {tuple(out.shape)[1:]} per input; "
                           f"dataset '{data.name}' has {data.num_classes} classes")
