@@ -263,3 +263,77 @@ def test_site_renders_sorts_and_links_in_chromium(published, browser):
     assert "robust accuracy" in browser.find_element(By.CSS_SELECTOR, "dl.facts").text
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
+
+
+def _fits(driver):
+    """Each leaderboard's scroll container and the page: (id, scrollWidth, clientWidth) of those
+    wider than their box, and the window's inner width."""
+    return driver.execute_script("""
+        const boxes = Array.from(document.querySelectorAll('div.scroll'))
+            .filter(d => d.querySelector('table.leaderboard'))
+            .map(d => [d.querySelector('table').id, d.scrollWidth, d.clientWidth]);
+        const page = document.documentElement;
+        boxes.push(['document', page.scrollWidth, page.clientWidth]);
+        return [window.innerWidth, boxes.filter(b => b[1] > b[2])];""")
+
+
+def test_the_index_fits_a_1280_px_window_with_intervals_under_the_numbers(published, browser):
+    from selenium.webdriver.common.by import By
+
+    _, _, index = published
+    browser.set_window_size(1280, 900)
+    browser.get(index.as_uri())
+    width, wider = _fits(browser)
+    assert 1200 <= width <= 1280 and not wider, (width, wider)  # no horizontal scrolling anywhere
+    spans = browser.find_elements(By.CSS_SELECTOR, "#table-linf span.ci")
+    assert len(spans) == 2 * 7  # per defense: clean, 3 worst cases, fgsm-linf at 3 budgets (explodes failed)
+    drawn = browser.execute_script("return arguments[0].map(s => [s.getAttribute('data-ci'), "
+                                   "getComputedStyle(s, '::after').content, s.getBoundingClientRect().height])",
+                                   spans)
+    assert all(content == f'"{ci}"' and height > 5 for ci, content, height in drawn), drawn
+    assert "40 samples" in spans[0].get_attribute("title") and "n = 40 samples" in browser.find_element(
+        By.CSS_SELECTOR, "#table-linf caption").text
+    worst = [c for c in browser.find_elements(By.CSS_SELECTOR, "#table-linf td.worst")]
+    assert worst and all(re.fullmatch(r"\d+\.\d\*?", c.text) for c in worst)  # a cell's text stays its number
+
+
+def test_a_flagged_defense_is_marked_and_the_ranking_columns_come_first(tmp_path, browser):
+    """A defense whose model outputs probabilities (a sanity flag) gets a visible ⚑ with the flag
+    as its title and a legend; with 4 long-named attacks × 3 budgets the table scrolls inside its box, but
+    the rank, defense, clean and worst-case columns come first and show without scrolling."""
+    from selenium.webdriver.common.by import By
+
+    from arena.tournament.store import MatchRow
+
+    store = Store(tmp_path / "f.db")
+    run = store.start_run("flags", "h", {"dataset": {"id": "digits"}}, None, None, 1, 0.0, {})
+    for d, checks in (("plain", {}), ("soft", {"outputs_probabilities": True})):
+        store.save_model(run, defense=d, defense_id="standard", defense_kind="training-time", config={},
+                         clean_accuracy=0.75, clean_mask="1110", false_positive_rate=None, cache_key=None,
+                         train_seconds=0.0, checks=checks)
+        for k in range(4):
+            for b in (0.05, 0.1, 0.3):
+                store.save_match(run, MatchRow(defense=d, attack=f"attack-number-{k}-with-a-long-name", budget=b,
+                                               attack_id="fgsm",
+                                               attack_config={}, norm="linf", knowledge="white-box", status="ok",
+                                               robust_accuracy=0.5, success_rate=0.33, robust_mask="1100",
+                                               mean_queries=10.0, wall_seconds=1.0))
+    store.finish_run(run, 1.0, "finished")
+    index = site.publish(store, run, tmp_path / "site")
+    browser.set_window_size(1280, 900)
+    browser.get(index.as_uri())
+    flag = browser.find_element(By.CSS_SELECTOR, "#table-linf tr.flagged td.name span.flag")
+    assert flag.is_displayed() and flag.text == "⚑" and "outputs probabilities" in flag.get_attribute("title")
+    assert flag.find_element(By.XPATH, "./ancestor::tr").find_element(By.CSS_SELECTOR, "td.name a").text == "soft"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#table-linf tr.flagged")) == 1
+    assert browser.find_element(By.ID, "flags-linf").is_displayed()
+    headers = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#table-linf thead th")]
+    assert headers[:6] == ["#", "defense", "clean", "worst ε=0.05", "worst ε=0.1", "worst ε=0.3"], headers
+    box = browser.find_element(By.CSS_SELECTOR, "div.scroll")
+    right = browser.execute_script(
+        "const box = arguments[0].getBoundingClientRect().left + arguments[0].clientWidth;"
+        "return Array.from(arguments[0].querySelectorAll('thead th')).slice(0, 6)"
+        ".map(th => th.getBoundingClientRect().right <= box + 0.5)", box)
+    assert all(right), right
+    width, wider = _fits(browser)
+    assert [w[0] for w in wider] == ["table-linf"]  # the wide table scrolls in its box, the page does not

@@ -18,7 +18,12 @@ names are slugs bounded in length (:func:`arena.leaderboard.plots.slugify`). An 
 case (see :mod:`arena.leaderboard.coverage`) is marked with ``*`` in its cell (class
 ``incomplete``, its explanation as the cell's title and in a footnote under the table), its row
 is shown unranked (``–`` in the ``#`` column), and each match page says whether the worst case at
-its budget is complete. A folder that cannot be written is a :class:`~arena.errors.ConfigError`.
+its budget is complete. Every accuracy shows its 95 % Wilson interval under it
+(:mod:`arena.leaderboard.stats`; the sample count in the table's caption and the interval's
+title); a norm's table puts its ranking columns (rank, defense, clean, worst cases) first and lets
+its headers wrap, so that they show in a 1280 px window without scrolling sideways; a defense a
+sanity check flagged carries a ⚑ (its flags as the title) and a legend under the table. A folder
+that cannot be written is a :class:`~arena.errors.ConfigError`.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ConfigError
-from arena.leaderboard import plots, tables
+from arena.leaderboard import plots, stats, tables
 from arena.leaderboard.coverage import Mark
 from arena.leaderboard.formats import MARKER as INCOMPLETE
 from arena.leaderboard.labels import budget_label
@@ -199,8 +204,10 @@ def _index_body(site: Site, figures: list[Path]) -> str:
             "<a href=\"#notes\">notes</a> <a href=\"#reproduce\">reproduce</a> "
             "<a href=\"#provenance\">provenance</a></nav>\n")
     tables_html = "".join(_section_html(site, s) for s in site.board.sections)
-    return (head + "<h2 id=\"leaderboard\">Leaderboard</h2>\n<p class=\"muted\">Accuracy in %; the "
-            "per-example worst case over a norm's attacks ranks the defenses. Click a column header to "
+    return (head + "<h2 id=\"leaderboard\">Leaderboard</h2>\n<p class=\"muted\">Accuracy in %, under each "
+            "number its 95 % confidence interval (Wilson, over the evaluated samples: the interval covers the "
+            "draw of test samples, not the attack's randomness). The per-example worst case over a norm's "
+            f"attacks ranks the defenses: {escape(_ranking_html_text(site.board.ranking))}. Click a column header to "
             f"sort, a cell for its match. A {INCOMPLETE} marks an incomplete number: an attack it should cover "
             "did not finish ok, so it is taken over the others only (a worst case then is an upper bound) and "
             "its row is listed unranked, after the ranked rows.</p>\n" + tables_html + _metrics_html(site)
@@ -209,35 +216,89 @@ def _index_body(site: Site, figures: list[Path]) -> str:
             + _provenance_html(site))
 
 
+def _ranking_html_text(ranking: dict[str, Any]) -> str:
+    """How the board ranked, in words (``rank_by`` of the tournament file)."""
+    if ranking.get("by") != "budget":
+        return "its mean over the norm's budgets"
+    norms = ranking.get("norms") or {}
+    chosen = [f"{n} ε={budget_label(b)}" for n, b in norms.items() if b is not None]
+    rest = [n for n, b in norms.items() if b is None]
+    return ("at each norm's primary budget (" + (", ".join(chosen) or "none applied") + ")"
+            + (f", its mean over the budgets in {', '.join(rest)}" if rest else ""))
+
+
 def _section_html(site: Site, section: tables.Section) -> str:
     """One sortable table: a norm's defenses (rank, clean, attack × budget, worst cases) or the
     attacks' ranking (success against every defense). Cells link to their match pages; the
-    incomplete ones carry a marker, their explanation as a title and a footnote under the table."""
+    incomplete ones carry a marker, their explanation as a title and a footnote under the table.
+    In a norm's table the ranking columns (defense, clean, the worst cases) come first, so that
+    they show without scrolling sideways however many attacks follow; every accuracy has its 95 %
+    interval under it, and a defense a sanity check flagged carries a ⚑ with the flags as its title."""
     defenses = bool(section.headers) and section.headers[0] == "defense"
-    head = "".join(f"<th scope=\"col\"{cls} aria-sort=\"none\"><button type=\"button\">{escape(h)}</button></th>"
-                   for h, cls in zip(["#", *section.headers], ["", " class=\"name\""] + [""] * len(section.headers)))
+    order = list(range(1, len(section.headers)))
+    if defenses:
+        worst = [j for j in order if section.headers[j].startswith("worst ")]
+        order = [j for j in order if section.headers[j] == "clean"] + worst + \
+            [j for j in order if section.headers[j] != "clean" and j not in worst]
+    shown = [0, *order]
+    head = "".join(f"<th scope=\"col\"{cls} aria-sort=\"none\"><button type=\"button\">{_header_html(h)}</button></th>"
+                   for h, cls in zip(["#", *(section.headers[j] for j in shown)],
+                                     ["", " class=\"name\""] + [""] * len(section.headers)))
     ranked = len(section.rows) if section.ranked is None else section.ranked
+    flagged = _flags_by_defense(site) if defenses else {}
     body = []
     for i, row in enumerate(section.rows):
         first = site.defense_href(str(row[0])) if defenses else None
         rank = (f"<td data-value=\"{i + 1}\">{i + 1}</td>" if i < ranked else
                 "<td class=\"unranked\" data-value=\"\" title=\"not ranked: incomplete\">–</td>")
-        cells = [rank, _cell(row[0], first, "name")]
-        for j, (header, value) in enumerate(zip(section.headers[1:], row[1:]), 1):
+        cells = [rank, _cell(row[0], first, "name", flags=flagged.get(str(row[0])))]
+        for j in order:
+            header, value = section.headers[j], row[j] if j < len(row) else None
             mark = section.marks.get((i, j))
             href = _cell_href(site, defenses, row, header, mark)
             kind = "worst" if defenses and header.startswith("worst ") else "acc" if defenses else "rate"
-            cells.append(_cell(value, href, "status" if href and isinstance(value, str) else kind, mark))
-        body.append("<tr>" + "".join(cells) + "</tr>")
+            cells.append(_cell(value, href, "status" if href and isinstance(value, str) else kind, mark,
+                               section.intervals.get((i, j))))
+        body.append("<tr" + (" class=\"flagged\"" if str(row[0]) in flagged else "") + ">" + "".join(cells)
+                    + "</tr>")
     sid = plots.slugify(section.norm)
-    caption = (f"{section.norm}: accuracy in %, defenses ranked by mean worst case" if defenses else
+    n = section.samples
+    caption = (f"{section.norm}: accuracy in %, defenses ranked by {section.ranking or 'mean worst case'}; "
+               "under each number its 95 % Wilson interval"
+               + (f" over n = {n} samples" if n is not None else " (hover it for its sample count)")
+               if defenses else
                f"{section.norm}: attacks ranked by mean success against every defense")
     notes = "".join(f"<li>{escape(f'{INCOMPLETE} {section.marks[k]}')}</li>\n" for k in sorted(section.marks))
     notes = f"<ul class=\"footnotes\" id=\"incomplete-{sid}\">\n{notes}</ul>\n" if notes else ""
+    if any(str(row[0]) in flagged for row in section.rows):
+        notes += (f"<p class=\"legend flags\" id=\"flags-{sid}\"><span class=\"flag\">{FLAG}</span> a sanity check "
+                  "flagged this defense: its number may overstate its robustness (hover the marker for what was "
+                  "found and which attack to add; every flag is listed under "
+                  "<a href=\"#notes\">Notes and sanity flags</a>).</p>\n")
     return (f"<h3 id=\"norm-{sid}\">{escape(section.norm)}</h3>\n<div class=\"scroll\">\n"
             f"<table class=\"leaderboard sortable\" id=\"table-{sid}\">\n<caption>{escape(caption)}</caption>\n"
             f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n</div>\n"
             + notes)
+
+
+FLAG = "⚑"  # marks a defense a sanity check flagged (arena.leaderboard.flags)
+
+
+def _header_html(header: str) -> str:
+    """A column header that may wrap between its attack and its budget (``pgd-linf`` / ``ε=0.1``)
+    but never inside either (not after the hyphen of ``pgd-linf``)."""
+    name, sep, budget = header.partition(" ε=")
+    if not sep:
+        return escape(header)
+    return f"<span class=\"nw\">{escape(name)}</span> <span class=\"nw\">ε={escape(budget)}</span>"
+
+
+def _flags_by_defense(site: Site) -> dict[str, list[str]]:
+    """Each flagged defense's sanity flags, as the lines of its marker's title."""
+    out: dict[str, list[str]] = {}
+    for f in site.board.flags:
+        out.setdefault(f.defense, []).append(f"sanity: {f.message} — suggests {f.suggestion}")
+    return out
 
 
 def _cell_href(site: Site, defenses: bool, row: list, header: str, mark: Mark | None) -> str | None:
@@ -259,10 +320,14 @@ def _cell_href(site: Site, defenses: bool, row: list, header: str, mark: Mark | 
     return site.match_href(match) if match is not None else None
 
 
-def _cell(value: Any, href: str | None, kind: str, mark: Mark | None = None) -> str:
+def _cell(value: Any, href: str | None, kind: str, mark: Mark | None = None, interval: Any = None,
+          flags: list[str] | None = None) -> str:
     """A table cell. Floats are shares shown in % with a sortable data-value (accuracies also get a
     colour class); numeric text sorts as a number; ``kind`` "status" marks a match that failed;
-    ``mark`` an incomplete number (a marker after it, the explanation as its title)."""
+    ``mark`` an incomplete number (a marker after it, the explanation as its title); ``interval``
+    its 95 % interval, drawn under the number (from the ``data-ci`` of an empty span, so that the
+    cell's text stays the number), with its sample count as the span's title; ``flags`` the sanity
+    flags of a defense's name cell (a ⚑ after the name, the flags as its title)."""
     classes = [kind] if kind in ("name", "worst", "status") else []
     text, data = ("–" if value is None else str(value)), ""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -279,6 +344,14 @@ def _cell(value: Any, href: str | None, kind: str, mark: Mark | None = None) -> 
         classes.insert(1 if classes[:1] == ["worst"] else 0, "incomplete")
         title = f" title=\"{escape(str(mark))}\""
     inner = f"<a href=\"{link(href)}\">{escape(text)}</a>" if href else escape(text)
+    if interval is not None:
+        span = f"{100 * interval.low:.1f}–{100 * interval.high:.1f}"
+        about = (f"95 % Wilson interval {span} % ({interval.successes} of {interval.samples} samples)")
+        inner += f"<span class=\"ci\" data-ci=\"{escape(span)}\" title=\"{escape(about)}\"></span>"
+    if flags:
+        classes.append("flagged")
+        inner += (f" <span class=\"flag\" role=\"img\" aria-label=\"sanity flag\" "
+                  f"title=\"{escape(chr(10).join(flags))}\">{FLAG}</span>")
     cls = f" class=\"{' '.join(classes)}\"" if classes else ""
     return f"<td{cls} data-value=\"{escape(data)}\"{title}>{inner}</td>"
 
@@ -402,7 +475,7 @@ def _match_body(site: Site, m: MatchRecord) -> str:
              ("norm", escape(m.norm)), ("threat model", escape(m.threat_model)),
              ("budget ε", escape(budget)),
              ("status", f"<strong>{escape(m.status)}</strong>"),
-             ("robust accuracy", fmt(m.robust_accuracy, "pct")),
+             ("robust accuracy", fmt(m.robust_accuracy, "pct") + _interval_html(stats.of_mask(mask) if m.ok else None)),
              ("worst case at this ε", _worst_html(site, m)),
              ("robust samples", f"{sum(mask)} of {len(mask)}" if mask else "–"),
              ("attack success rate", fmt(m.success_rate, "pct")),
@@ -439,6 +512,14 @@ def _robust_after(c: dict[str, Any]) -> Any:
     return a - b if isinstance(a, int) and isinstance(b, int) else "–"
 
 
+def _interval_html(interval: stats.Interval | None) -> str:
+    """`` (95 % Wilson interval 35.6–54.8 %, 100 samples)`` after a detail page's accuracy."""
+    if interval is None:
+        return ""
+    return (f" <span class=\"muted\">(95 % Wilson interval {100 * interval.low:.1f}–{100 * interval.high:.1f} %, "
+            f"{interval.samples} samples)</span>")
+
+
 def _worst_html(site: Site, m: MatchRecord) -> str:
     """The worst case of the match's defense at its norm and budget, and whether it is complete."""
     value, mark = site.worst.get((m.defense, m.norm, budget_label(m.budget)), (None, None))
@@ -455,10 +536,16 @@ def _defense_body(site: Site, model: ModelRecord) -> str:
     d = model.defense
     pairs = [("plugin", f"<code>{escape(model.defense_id)}</code>"), ("kind", escape(model.defense_kind)),
              ("backend", escape(tables.backend(model))),
-             ("clean accuracy", fmt(model.clean_accuracy, "pct")),
+             ("clean accuracy", fmt(model.clean_accuracy, "pct") + _interval_html(stats.of_mask(model.clean_mask))),
              ("detector false-positive rate", fmt(model.false_positive_rate, "pct")),
              ("training time", fmt(model.train_seconds, "s")),
              ("model cache key", f"<code>{escape(str(model.cache_key or '–'))}</code>")]
+    paper = next((e.get("paper") for e in site.run.config.get("defenses") or []
+                  if isinstance(e, dict) and (e.get("name") or e.get("id")) == d and e.get("paper")), None)
+    if paper:
+        text = escape(str(paper))
+        pairs.insert(0, ("paper", f'<a href="{text}" rel="noopener">{text}</a>'
+                         if str(paper).startswith(("https://", "http://")) else text))
     rows = "".join(
         f"<tr><td class=\"name\"><a href=\"../{link(site.match_href(m))}\">{escape(m.attack)}</a></td>"
         f"<td>{escape(m.norm)}</td><td>{escape(budget_label(m.budget))}</td>"

@@ -5,11 +5,20 @@ A sample counts as robust in the worst case at (norm, ε) only if it survived ev
 that norm evaluated at ε (one run of a minimal attack is evaluated at every budget it lists).
 Budgets of different norms are not comparable, so each norm gets its own table.
 
+Defenses are ranked, per norm, as the run's ``rank_by`` says (the tournament file's key): by the
+mean worst case over the norm's budgets (``"mean"``, the default) or by the worst case at one
+primary budget per norm (``{ linf = 0.1 }``, RobustBench style; ties broken by the mean); the title,
+``Section.ranking`` and the JSON's ``ranking`` say which, and a note says where a primary budget
+has no result (that norm is then ranked by the mean). Every accuracy of a defenses' table carries
+its sample count and 95 % Wilson interval (``Section.intervals``; see
+:mod:`arena.leaderboard.stats`), as do the JSON and CSV rows (``samples``, ``ci_low``, ``ci_high``).
+
 A worst case that lacks an attack it should cover (one that failed, timed out, crashed or never
 ran; see :mod:`arena.leaderboard.coverage`) is *incomplete*: its cell is marked
 (``Section.marks``), explained in a footnote, and its row is listed after the complete rows,
 unranked (``Section.ranked`` counts the ranked rows): an incomplete worst case is an upper bound,
-and ranking it would reward a defense for an attack failing against it. The attacks' table keeps
+and ranking it would reward a defense for an attack failing against it (with a primary budget,
+only a gap at that budget unranks a row: no other enters its rank). The attacks' table keeps
 a failed attack's row, with the status in its cells and a score over the defenses it finished
 against (none, rather than 0 %, where it finished against none).
 """
@@ -21,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arena.errors import ConfigError
-from arena.leaderboard import formats
+from arena.leaderboard import formats, stats
 from arena.leaderboard.coverage import Coverage, Gap, Mark
-from arena.leaderboard.flags import flags
+from arena.leaderboard.flags import Flag, flags
 from arena.leaderboard.labels import budget_label
+from arena.leaderboard.stats import Interval
 from arena.tournament.store import MatchRecord, MetricRecord, ModelRecord, Store
 
 TEXT_FORMATS = formats.TEXT_FORMATS
@@ -34,22 +44,45 @@ NOT_BUILT = "failed"  # the clean cell of a defense whose model could not be bui
 
 @dataclass
 class Section:
-    """One norm's table: a row per defense, ranked by mean worst-case accuracy; ``marks`` are the
-    incomplete cells by (row, column) index; the first ``ranked`` rows are ranked (all if None)."""
+    """One norm's table: a row per defense, ranked as ``ranking`` says (the mean worst case over
+    the norm's budgets, or the worst case at one primary budget); ``marks`` are the incomplete
+    cells by (row, column) index; the first ``ranked`` rows are ranked (all if None);
+    ``intervals`` the 95 % Wilson interval of each accuracy cell by (row, column) index."""
 
     norm: str
     headers: list[str]
     rows: list[list[object]]
     marks: dict[tuple[int, int], Mark] = field(default_factory=dict)
     ranked: int | None = None
+    intervals: dict[tuple[int, int], Interval] = field(default_factory=dict)
+    ranking: str = ""
+
+    @property
+    def samples(self) -> int | None:
+        """The sample count of every interval of the table, where they all have the same one."""
+        counts = {iv.samples for iv in self.intervals.values()}
+        return counts.pop() if len(counts) == 1 else None
+
+    def row_samples(self, i: int) -> int | None:
+        """The sample count of every interval of row ``i``, where they all have the same one."""
+        counts = {iv.samples for (r, _), iv in self.intervals.items() if r == i}
+        return counts.pop() if len(counts) == 1 else None
 
     def as_dict(self) -> dict[str, object]:
         key = "attack" if self.headers[:1] == ["defense"] else "defense"
-        return {"norm": self.norm, "headers": self.headers, "rows": self.rows,
-                "ranked": len(self.rows) if self.ranked is None else self.ranked,
-                "incomplete": [{"row": i, "name": self.rows[i][0], "column": self.headers[j],
-                                "missing": [_gap_dict(g, key) for g in self.marks[(i, j)].gaps]}
-                               for i, j in sorted(self.marks)]}
+        data: dict[str, object] = {
+            "norm": self.norm, "headers": self.headers, "rows": self.rows,
+            "ranked": len(self.rows) if self.ranked is None else self.ranked,
+            "incomplete": [{"row": i, "name": self.rows[i][0], "column": self.headers[j],
+                            "missing": [_gap_dict(g, key) for g in self.marks[(i, j)].gaps]}
+                           for i, j in sorted(self.marks)]}
+        if self.ranking:
+            data["ranking"] = self.ranking
+        if self.intervals:
+            data["samples"] = self.samples
+            data["intervals"] = [[self.intervals[(i, j)].as_dict() if (i, j) in self.intervals else None
+                                  for j in range(len(row))] for i, row in enumerate(self.rows)]
+        return data
 
 
 @dataclass
@@ -61,12 +94,18 @@ class Leaderboard:
     worst_cases: list[dict[str, object]] = field(default_factory=list)
     metric_sections: list[Section] = field(default_factory=list)
     metric_rows: list[dict[str, object]] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)  # the sanity flags (also in ``notes``, as text)
+    ranking: dict[str, object] = field(default_factory=lambda: {"by": "mean"})  # how the defenses were ranked
 
     def render(self, fmt: str = "table") -> str:
         if fmt == "json":
-            data = {"title": self.title, "notes": self.notes, "results": self.long_rows,
+            data = {"title": self.title, "notes": self.notes, "ranking": self.ranking,
+                    "confidence": {"level": stats.CONFIDENCE, "method": stats.METHOD},
+                    "results": self.long_rows,
                     "worst_cases": self.worst_cases, "tables": [s.as_dict() for s in self.sections],
-                    "metrics": self.metric_rows, "metric_tables": [s.as_dict() for s in self.metric_sections]}
+                    "metrics": self.metric_rows, "metric_tables": [s.as_dict() for s in self.metric_sections],
+                    "flags": [{"defense": f.defense, "check": f.check, "message": f.message,
+                               "suggestion": f.suggestion} for f in self.flags]}
             return json.dumps(_finite(data), indent=2)
         if fmt == "csv":
             return formats.render_csv(self.csv_rows())
@@ -78,7 +117,9 @@ class Leaderboard:
         """The match rows, then one row per worst case, then one per metric value (``kind``:
         match, worst-case or metric), with ``complete`` and the ``missing`` attacks ("pgd:
         timed-out; cw: failed"); a metric row has its ``metric`` and ``value`` (empty for the
-        other kinds)."""
+        other kinds). ``samples``, ``ci_low`` and ``ci_high`` are the sample count and 95 % Wilson
+        interval of ``robust_accuracy`` (``clean_samples``, ``clean_ci_low``, ``clean_ci_high``
+        those of ``clean_accuracy``)."""
         rows = [{**r, "kind": "match", "complete": _bool(r["status"] == "ok"), "missing": "", "metric": "",
                  "value": None} for r in self.long_rows]
         keys = list(rows[0]) if rows else [*_MATCH_KEYS, "kind", "complete", "missing", "metric", "value"]
@@ -100,7 +141,8 @@ class Leaderboard:
 
 _MATCH_KEYS = ("defense", "attack", "attack_id", "norm", "knowledge", "threat_model", "budget", "status",
                "clean_accuracy", "robust_accuracy", "success_rate", "mean_distance", "mean_queries",
-               "wall_seconds", "backend")
+               "wall_seconds", "backend", "samples", "ci_low", "ci_high", "clean_samples", "clean_ci_low",
+               "clean_ci_high")
 
 
 def _bool(flag: bool) -> str:
@@ -151,13 +193,16 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
         matches = [m for m in matches if m.threat_model == knowledge]
     if (budget is not None or knowledge is not None) and not matches:
         raise ConfigError(f"{store.path}: no match of run {run_id} fits the filters")
-    table = _Table(models, coverage, knowledge, cascade=bool(run.config.get("cascade")))
+    table = _Table(models, coverage, knowledge, cascade=bool(run.config.get("cascade")),
+                   rank_by=run.config.get("rank_by"))
     sections = [table.section(norm, [m for m in matches if m.norm == norm])
                 for norm in sorted({m.norm for m in matches if m.norm})]
     sections.append(table.attack_section(matches))
     notes = [f"run {run_id} is not finished (status {run.status}): results may be missing"] \
         if run.status != "finished" else []
-    notes += [f"sanity: {flag}" for flag in flags(models, matches, cascade=bool(run.config.get("cascade")))]
+    notes = list(getattr(store, "notes", [])) + notes  # a combined view says what it combines
+    found = flags(models, matches, cascade=bool(run.config.get("cascade")))
+    notes += [f"sanity: {flag}" for flag in found]
     if any(backend(m) != "torch" for m in models):  # say which backend ran each entrant
         notes += [f"{m.defense}: backend {backend(m)}{_model_file(m)}" for m in models]
     notes += [f"{m.defense}: detector flags {100 * m.false_positive_rate:.1f}% of clean inputs"
@@ -165,17 +210,19 @@ def build(store: Store, run_id: int | None = None, *, dataset: str | None = None
     notes += [f"{m.attack} vs {m.defense} (ε={budget_label(m.budget)}): {m.status}: {m.error}"
               for m in matches if not m.ok]
     notes += _judging_notes(matches)
+    notes += table.notes()
     if run.config.get("cascade"):
         notes.append("cascade: each attack attacked only the samples that every earlier attack of its norm left "
                      "robust (at that ε or a smaller one); a '(conditional)' column is the robust accuracy after "
                      "that attack and all earlier ones, and the worst case is exact")
     title = (f"{run.name} on {run_dataset} (run {run_id}, seed {run.seed}): accuracy in %, "
-             "defenses ranked by mean worst case")
+             f"defenses ranked by {table.ranking_text()}")
     shown = {(m.defense, m.attack, m.budget) for m in matches}
     values = [v for v in store.metrics(run_id) if v.scope == "model" or (v.defense, v.attack, v.budget) in shown]
     notes += [f"metric {v.metric} on {_where(v)}: {v.status}: {v.error}" for v in values if v.status == "failed"]
     return Leaderboard(title, sections, notes, _long_rows(models, matches), table.worst_cases,
-                       metric_sections(values, [m.defense for m in models]), [_metric_dict(v) for v in values])
+                       metric_sections(values, [m.defense for m in models]), [_metric_dict(v) for v in values],
+                       flags=found, ranking=table.ranking())
 
 
 def _where(v: MetricRecord) -> str:
@@ -227,16 +274,45 @@ def metric_sections(values: list[MetricRecord], defenses: list[str]) -> list[Sec
     return out
 
 
+MEAN = "mean"  # rank_by's default: the mean worst case over a norm's budgets
+
+
+def rank_by_budgets(value: object) -> tuple[dict[str, float], list[str]]:
+    """A stored ``rank_by`` (the tournament file's key) as {norm: primary budget}, empty for the
+    mean worst case, and a note for anything a crafted or older configuration holds that is not
+    one (which then counts as the mean)."""
+    if value is None or value == MEAN:
+        return {}, []
+    fallback = "; defenses ranked by mean worst case there"
+    if not isinstance(value, dict):
+        return {}, [f"rank_by: unreadable value {formats.plain(repr(value))[:80]} in the run's configuration"
+                    + fallback]
+    budgets, notes = {}, []
+    for norm, budget in value.items():
+        if (isinstance(budget, (int, float)) and not isinstance(budget, bool) and math.isfinite(budget)
+                and budget > 0):
+            budgets[str(norm)] = float(budget)
+        else:
+            notes.append(f"rank_by: {formats.plain(str(norm))[:40]}: unreadable budget "
+                         f"{formats.plain(repr(budget))[:40]}" + fallback)
+    return budgets, notes
+
+
 class _Table:
-    """Builds the sections of one leaderboard, collecting every worst case on the way."""
+    """Builds the sections of one leaderboard, collecting every worst case on the way. ``rank_by``
+    is the run's stored ``rank_by``: ``"mean"`` (or None) ranks each norm's defenses by their mean
+    worst case over its budgets, ``{norm: budget}`` by the worst case at that primary budget
+    (RobustBench style; ties broken by the mean), the mean again for a norm it does not name."""
 
     def __init__(self, models: list[ModelRecord], coverage: Coverage, knowledge: str | None,
-                 cascade: bool = False) -> None:
+                 cascade: bool = False, rank_by: object = None) -> None:
         self.cascade = cascade
         self.models = {m.defense: m for m in models}
         self.defenses = coverage.defenses  # the built ones, then any that could not be built
         self.coverage, self.knowledge = coverage, knowledge
         self.worst_cases: list[dict[str, object]] = []
+        self.rank_by, self._notes = rank_by_budgets(rank_by)
+        self.chosen: dict[str, float | None] = {}  # norm -> the budget it was ranked at (None: the mean)
 
     def section(self, norm: str, matches: list[MatchRecord]) -> Section:
         attacks = list(dict.fromkeys(m.attack for m in matches))
@@ -249,38 +325,101 @@ class _Table:
         headers = ["defense", "clean"] + [f"{a} ε={budget_label(b)}" + (CONDITIONAL if a in conditional else "")
                                           for a, b in columns]
         headers += [f"worst ε={budget_label(b)}" for b in budgets]
+        primary = self._primary(norm, budgets)
+        first_worst = len(headers) - len(budgets)
+        keyed = [first_worst + budgets.index(primary)] if primary is not None else \
+            list(range(first_worst, len(headers)))
         rows = []
         for d in self.defenses:
             model = self.models.get(d)
+            samples = len(model.clean_mask) if model else 0
             cells: list[object] = [d, model.clean_accuracy if model else NOT_BUILT]
+            intervals = {1: stats.of_mask(model.clean_mask)} if model else {}
             for a, b in columns:
                 m = by_key.get((d, a, b))
                 cells.append(None if m is None else m.robust_accuracy if m.ok else m.status)
+                if m is not None and m.ok:
+                    intervals[len(cells) - 1] = _match_interval(m, samples)
             marks = {}
             for b in budgets:
-                value = worst_case(model, [m for m in matches if m.defense == d and m.budget == b]) if model else None
+                counts = worst_counts(model, [m for m in matches if m.defense == d and m.budget == b]) \
+                    if model else None
+                value = counts[0] / max(counts[1], 1) if counts else None
                 gaps = self.coverage.worst_gaps(d, norm, b, self.knowledge)
                 if gaps:
                     marks[len(cells)] = Mark(f"{d}, worst ε={budget_label(b)}", gaps)
-                self._note_worst(d, norm, b, value, gaps)
+                interval = stats.wilson(*counts) if counts else None
+                intervals[len(cells)] = interval
+                self._note_worst(d, norm, b, value, gaps, interval)
                 cells.append(value)
-            rows.append((cells, marks))
-        k = len(budgets)
-        rows.sort(key=lambda r: (bool(r[1]), -_mean([v for v in r[0][len(r[0]) - k:] if isinstance(v, float)])))
-        return _ranked(norm, headers, rows)
+            values = [v for v in cells[first_worst:] if isinstance(v, float)]
+            key = cells[keyed[0]] if primary is not None else _mean(values)
+            unranked = any(j in marks for j in keyed)
+            order = (unranked, not isinstance(key, float), -(key if isinstance(key, float) else 0.0), -_mean(values))
+            rows.append((cells, marks, {j: iv for j, iv in intervals.items() if iv is not None}, unranked, order))
+        rows.sort(key=lambda r: r[4])
+        section = _ranked(norm, headers, [(c, m, iv, u) for c, m, iv, u, _ in rows])
+        section.ranking = (f"worst case at ε={budget_label(primary)}" if primary is not None else
+                           "mean worst case" + (f" over ε = {', '.join(budget_label(b) for b in budgets)}"
+                                                if len(budgets) > 1 else ""))
+        return section
 
-    def _note_worst(self, d: str, norm: str, b: float, value: float | None, gaps: tuple[Gap, ...]) -> None:
+    def _primary(self, norm: str, budgets: list[float]) -> float | None:
+        """The budget ``norm`` is ranked at (None: the mean), noting a primary budget with no result."""
+        wanted = self.rank_by.get(norm)
+        chosen = None if wanted is None else next(
+            (b for b in budgets if math.isclose(b, wanted, rel_tol=1e-9)), None)
+        if wanted is not None and chosen is None:
+            listed = ", ".join(budget_label(b) for b in budgets) or "none"
+            self._notes.append(f"rank_by: no {norm} attack has a result at its primary budget "
+                               f"ε={budget_label(wanted)} (budgets: {listed}); {norm} is ranked by mean worst case")
+        self.chosen[norm] = chosen
+        return chosen
+
+    def ranking_text(self) -> str:
+        """How the defenses were ranked, for the title: ``mean worst case``, or per norm."""
+        if not self.rank_by:
+            return "mean worst case"
+        if not self.chosen:
+            return "worst case at " + ", ".join(f"{n} ε={budget_label(b)}" for n, b in self.rank_by.items())
+        parts = [f"worst case at {n} ε={budget_label(b)}" for n, b in self.chosen.items() if b is not None]
+        parts += [f"mean worst case in {n}" for n, b in self.chosen.items() if b is None]
+        return ", ".join(parts)
+
+    def ranking(self) -> dict[str, object]:
+        """How the defenses were ranked, for machines: ``{"by": "mean"}``, or ``{"by": "budget",
+        "budgets": {norm: primary budget}, "norms": {norm: the budget it was ranked at, or None
+        for the mean}}``."""
+        if not self.rank_by:
+            return {"by": MEAN}
+        return {"by": "budget", "budgets": dict(self.rank_by), "norms": dict(self.chosen)}
+
+    def notes(self) -> list[str]:
+        """What the leaderboard says of its ranking: a ``rank_by`` it could not read or apply."""
+        out = list(self._notes)
+        out += [f"rank_by: {n} = {budget_label(b)} names a norm with no result in this leaderboard"
+                for n, b in self.rank_by.items() if n not in self.chosen]
+        if self.rank_by and any(b is None and n not in self.rank_by for n, b in self.chosen.items()):
+            out.append("rank_by names no primary budget for "
+                       + ", ".join(n for n, b in self.chosen.items() if b is None and n not in self.rank_by)
+                       + ": ranked by mean worst case there")
+        return out
+
+    def _note_worst(self, d: str, norm: str, b: float, value: float | None, gaps: tuple[Gap, ...],
+                    interval: Interval | None = None) -> None:
         model = self.models.get(d)
         self.worst_cases.append({
             "defense": d, "norm": norm, "budget": b, "threat_model": self.knowledge or "",
             "clean_accuracy": model.clean_accuracy if model else None, "robust_accuracy": value,
             "backend": backend(model) if model else None, "complete": not gaps,
-            "missing": [g.as_dict() for g in gaps]})
+            "missing": [g.as_dict() for g in gaps], **stats.fields(interval),
+            **stats.fields(stats.of_mask(model.clean_mask) if model else None, "clean_")})
 
     def attack_section(self, matches: list[MatchRecord]) -> Section:
         """Attacks ranked by mean success against every defense (NIPS 2017 competition style: an
         attack scores the share of defended, correctly classified samples it breaks; a targeted
-        run, the share of (sample, target) pairs whose target it reaches)."""
+        run, the share of (sample, target) pairs whose target it reaches). Its scores are means of
+        rates over defenses, so they carry no binomial interval."""
         keys = list(dict.fromkeys((m.attack, m.budget) for m in matches))
         by_key = {(m.defense, m.attack, m.budget): m for m in matches}
         headers = ["attack", "threat model", "ε", "score"] + [f"vs {d}" for d in self.defenses]
@@ -301,13 +440,24 @@ class _Table:
             rows.append(([attack, threat, budget_label(budget), score, *rates,
                           queries, seconds], marks))
         rows.sort(key=lambda r: (bool(r[1]), r[0][3] is None, -(r[0][3] or 0.0)))
-        return _ranked("attacks (success rate in %)", headers, rows)
+        section = _ranked("attacks (success rate in %)", headers, [(c, m, {}, bool(m)) for c, m in rows])
+        section.ranking = "mean success rate against every defense"
+        return section
 
 
-def _ranked(norm: str, headers: list[str], rows: list[tuple[list[object], dict[int, Mark]]]) -> Section:
-    """A section from sorted (cells, marks by column) pairs, the complete rows first."""
-    marks = {(i, j): mark for i, (_, row_marks) in enumerate(rows) for j, mark in row_marks.items()}
-    return Section(norm, headers, [cells for cells, _ in rows], marks, sum(not m for _, m in rows))
+def _match_interval(m: MatchRecord, samples: int) -> Interval | None:
+    """A finished match's interval: from its robust mask, else (no mask stored) from its robust
+    accuracy over the model's evaluated samples, where that is a whole count of them."""
+    return stats.of_mask(m.robust_mask) if m.robust_mask else stats.of_share(m.robust_accuracy, samples)
+
+
+def _ranked(norm: str, headers: list[str],
+            rows: list[tuple[list[object], dict[int, Mark], dict[int, Interval], bool]]) -> Section:
+    """A section from sorted (cells, marks by column, intervals by column, unranked) rows, the
+    ranked rows first."""
+    marks = {(i, j): mark for i, (_, row_marks, _, _) in enumerate(rows) for j, mark in row_marks.items()}
+    intervals = {(i, j): iv for i, (_, _, row_ivs, _) in enumerate(rows) for j, iv in row_ivs.items()}
+    return Section(norm, headers, [cells for cells, *_ in rows], marks, sum(not u for *_, u in rows), intervals)
 
 
 def backend(model: ModelRecord) -> str:
@@ -328,13 +478,20 @@ def _model_file(model: ModelRecord) -> str:
 
 def worst_case(model: ModelRecord, matches: list[MatchRecord]) -> float | None:
     """Per-example worst case over the ok matches given (one defense, one norm and budget)."""
+    counts = worst_counts(model, matches)
+    return None if counts is None else counts[0] / max(counts[1], 1)
+
+
+def worst_counts(model: ModelRecord, matches: list[MatchRecord]) -> tuple[int, int] | None:
+    """The per-example worst case as (robust samples, evaluated samples): a sample is robust when
+    it is correct clean and survived every ok match given; None where no match has a mask."""
     ok = [m for m in matches if m.ok and m.robust_mask]
     if not ok:
         return None
     robust = list(model.clean_mask)
     for m in ok:
         robust = [r and s for r, s in zip(robust, m.robust_mask)]
-    return sum(robust) / max(len(robust), 1)
+    return sum(robust), len(robust)
 
 
 def _judging_notes(matches: list[MatchRecord]) -> list[str]:
@@ -347,7 +504,10 @@ def _judging_notes(matches: list[MatchRecord]) -> list[str]:
         if m.ok and isinstance(m.provenance.get("judged"), dict):
             judged.setdefault(m.defense, m.provenance["judged"])
     notes += [f"{d}: randomised; each example is judged on {j.get('passes')} passes and breaks the model "
-              "when it fools the majority of them (the mean accuracy over passes is in the JSON results)"
+              "when it fools the majority of them, clean accuracy likewise (the mean accuracy over passes is in "
+              "the JSON results); its intervals count each sample once, by its majority verdict, and cover the "
+              "sampling of test examples with the passes' randomness inside each verdict, not the pass-mean "
+              "accuracy (a mean of per-sample shares of passes, whose interval would be at most as wide)"
               for d, j in judged.items()]
     if any(math.isinf(m.budget) for m in matches):
         notes.append("minimal-perturbation attacks are scored at each ε on their example clipped to ε "
@@ -359,8 +519,12 @@ def _judging_notes(matches: list[MatchRecord]) -> list[str]:
 
 
 def _long_rows(models: list[ModelRecord], matches: list[MatchRecord]) -> list[dict[str, object]]:
+    """One dict per match (JSON ``results``, the CSV's match rows), each accuracy with its sample
+    count and 95 % Wilson interval (``samples``, ``ci_low``, ``ci_high``; ``clean_`` ones)."""
     clean = {m.defense: m.clean_accuracy for m in models}
     backends = {m.defense: backend(m) for m in models}
+    clean_iv = {m.defense: stats.of_mask(m.clean_mask) for m in models}
+    samples = {m.defense: len(m.clean_mask) for m in models}
     return [{"defense": m.defense, "attack": m.attack, "attack_id": m.attack_id, "norm": m.norm,
              "knowledge": m.knowledge, "threat_model": m.threat_model, "budget": m.budget, "status": m.status,
              "clean_accuracy": clean.get(m.defense), "robust_accuracy": m.robust_accuracy,
@@ -368,7 +532,9 @@ def _long_rows(models: list[ModelRecord], matches: list[MatchRecord]) -> list[di
              "mean_queries": m.mean_queries, "wall_seconds": m.wall_seconds,
              "backend": backends.get(m.defense), "targets": m.provenance.get("targets"),
              "judged_passes": (m.provenance.get("judged") or {}).get("passes"),
-             "pass_accuracy": (m.provenance.get("judged") or {}).get("mean_accuracy")} for m in matches]
+             "pass_accuracy": (m.provenance.get("judged") or {}).get("mean_accuracy"),
+             **stats.fields(_match_interval(m, samples.get(m.defense, 0)) if m.ok else None),
+             **stats.fields(clean_iv.get(m.defense), "clean_")} for m in matches]
 
 
 def _mean(values: list[float]) -> float:

@@ -12,10 +12,11 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from arena.defense import TrainingConfig
-from arena.errors import describe_validation_error
+from arena.errors import describe_validation_error, did_you_mean
 from arena.threat import Budget
 
 
@@ -70,7 +71,33 @@ def _targets(v: Any) -> Any:
     return v
 
 
+def _rank_by(v: Any) -> Any:
+    """``"mean"`` (the mean worst case over each norm's budgets) or a table of one primary
+    budget per norm (``{ linf = 0.1, l2 = 1.0 }``: the worst case at that budget, RobustBench
+    style), each a positive finite number."""
+    usage = 'expected "mean" or one primary budget per norm (rank_by = { linf = 0.1 })'
+    if isinstance(v, str):
+        if v != RANK_MEAN:
+            raise ValueError(f"{usage}, got {_shown(v)}{did_you_mean(v, [RANK_MEAN])}")
+        return v
+    if not isinstance(v, dict):
+        raise ValueError(f"{usage}, got {_shown(v)}")
+    if not v:
+        raise ValueError(f"{usage}, got an empty table")
+    out = {}
+    for norm, budget in v.items():
+        if norm not in RANK_NORMS:
+            raise ValueError(f"{norm}: unknown norm{did_you_mean(norm, RANK_NORMS)}; norms: {', '.join(RANK_NORMS)}")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) \
+                or budget <= 0:
+            raise ValueError(f"{norm}: expected a budget (a number above 0, not inf), got {_shown(budget)}")
+        out[norm] = float(budget)
+    return out
+
+
 TARGET_MODES = ("all", "random", "least-likely")
+RANK_MEAN = "mean"
+RANK_NORMS = ("l0", "l1", "l2", "linf")
 WholeNumber = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_finite)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
@@ -105,6 +132,9 @@ class DefenseEntry(PluginEntry):
     on: str | None = None
     finetune_from: str | None = None
     architecture: PluginEntry | None = None
+    paper: str | None = Field(
+        None, min_length=1, description="a link to (or citation of) the paper the entry reproduces; "
+        "shown on its site page and in its JSON export, not part of any result's key")
 
     @property
     def label(self) -> str:
@@ -203,6 +233,10 @@ class TournamentConfig(Strict):
     attacks: list[AttackEntry] = Field(min_length=1)
     metrics: list[MetricEntry] = Field(
         default_factory=list, description="measurements stored per model or per match (metric plugins)")
+    rank_by: Annotated[str | dict[str, float], BeforeValidator(_rank_by)] = Field(
+        RANK_MEAN, description="how the leaderboard ranks each norm's defenses: \"mean\" worst case over the "
+        "norm's budgets, or the worst case at one primary budget per norm ({ linf = 0.1, l2 = 1.0 }; a norm "
+        "it does not name is ranked by the mean)")
 
     @field_validator("training")
     @classmethod
@@ -220,12 +254,39 @@ class TournamentConfig(Strict):
             seen[e.label] = i
         return entries
 
+    @field_validator("rank_by")
+    @classmethod
+    def _rank_budgets(cls, v: Any, info: ValidationInfo) -> Any:
+        """A primary budget must be one that an attack of its norm lists: no attack lists it at
+        all, or every attack that does names another norm in its params, is an error here (an
+        attack whose norm only its plugin knows is checked by the leaderboard, which notes it)."""
+        attacks = info.data.get("attacks")
+        if not isinstance(v, dict) or not attacks:
+            return v
+        for norm, budget in v.items():
+            listing = [a for a in attacks if any(math.isclose(b, budget, rel_tol=1e-9) for b in a.budgets)]
+            if not listing:
+                listed = ", ".join(f"{b:g}" for b in sorted({b for a in attacks for b in a.budgets})) or "none"
+                raise ValueError(f"{norm}: no attack lists the budget {budget:g} (budgets listed: {listed})")
+            norms = {a.label: a.params.get("norm") for a in listing}
+            if all(isinstance(n, str) for n in norms.values()) and norm not in norms.values():
+                named = ", ".join(f"{label} ({n})" for label, n in norms.items())
+                raise ValueError(f"{norm}: no {norm} attack lists the budget {budget:g} (it is listed by {named})")
+        return v
+
     def digest(self) -> str:
         """A content hash of the validated configuration (provenance, resume); a file without
-        metrics hashes as it did before metrics existed, so its older runs still resume."""
+        metrics hashes as it did before metrics existed, and one that keeps the default
+        ``rank_by`` as it did before ``rank_by`` existed (likewise defenses without ``paper``),
+        so their older runs still resume."""
         data = self.model_dump(mode="json")
         if not data["metrics"]:
             del data["metrics"]
+        if data["rank_by"] == RANK_MEAN:
+            del data["rank_by"]
+        for entry in data["defenses"]:
+            if entry.get("paper") is None:
+                entry.pop("paper", None)
         text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
