@@ -1,7 +1,8 @@
 """arena: adversarial defenses meet adversarial attacks in round-robin tournaments.
 
 Importing ``arena`` is cheap (the ``arena`` command imports it for ``--help``): the errors,
-:class:`Registry` and :func:`load_plugins` are imported on first access.
+:class:`Registry`, :func:`load_plugins` and the Python API (:func:`evaluate`,
+:class:`Tournament`, :mod:`arena.api`) are imported on first access.
 """
 from __future__ import annotations
 
@@ -24,16 +25,26 @@ _LAZY = {
     "QueryBudgetExceeded": "arena.errors",
     "Registry": "arena.registry",
     "load_plugins": "arena.registry",
+    # the Python API (not imported for type checkers either: arena.api imports the tournament,
+    # which imports this package, and tests/test_imports.py counts every import statement)
+    "evaluate": "arena.api",
+    "Evaluation": "arena.api",
+    "Tournament": "arena.api",
+    "TournamentResult": "arena.api",
 }
 
 __all__ = [
     "ArenaError",
     "AttackError",
     "ConfigError",
+    "Evaluation",
     "PluginError",
     "QueryBudgetExceeded",
     "Registry",
+    "Tournament",
+    "TournamentResult",
     "__version__",
+    "evaluate",
     "hookimpl",
     "load_plugins",
 ]
