@@ -186,13 +186,22 @@ def plugins() -> None:
     """Inspect installed plugins."""
 
 
+KIND_HELP = "attack, defense, dataset, architecture, backend or metric (singular or plural)"
+
+
 @plugins.command("list")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--kind", default=None, help=f"only plugins of this kind: {KIND_HELP}")
 @click.pass_obj
 @user_errors
-def plugins_list(obj: CliState, fmt: str) -> None:
-    """List every attack, defense, dataset, architecture, backend and metric found."""
-    rows = obj.registry.rows()
+def plugins_list(obj: CliState, fmt: str, kind: str | None) -> None:
+    """List every attack, defense, dataset, architecture, backend and metric found.
+
+    The norm column lists every norm an attack works in, its default first."""
+    from arena.registry import plural_kind
+
+    kinds = None if kind is None else [plural_kind(kind)]
+    rows = obj.registry.rows(kinds)
     if fmt == "json":
         import json
 
@@ -203,6 +212,62 @@ def plugins_list(obj: CliState, fmt: str) -> None:
         click.echo(tabulate(rows, headers="keys"))
 
 
+@plugins.command("show")
+@click.argument("plugin_id", metavar="ID")
+@click.option("--kind", default=None, help=f"the kind, where two kinds use ID: {KIND_HELP}")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
+@user_errors
+def plugins_show(obj: CliState, plugin_id: str, kind: str | None, fmt: str) -> None:
+    """Show one plugin: its docstring, kind, norms, distribution and config fields (type,
+    default, constraints, description)."""
+    info = obj.registry.describe(plugin_id, kind)
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    click.echo(_plugin_text(info))
+
+
+def _plugin_text(info: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    def yes(flag: str) -> str:
+        return "yes" if info[flag] else "no"
+
+    facts = [f"kind: {info['kind']}"]
+    if "knowledge" in info:
+        facts.append(f"knowledge: {info['knowledge']}")
+    if info.get("norms"):
+        facts.append(f"norms: {', '.join(info['norms'])}")
+    for flag, name in (("minimal", "minimal"), ("supports_targeted", "targeted"), ("trains", "trains"),
+                       ("wraps_model", "wraps a model")):
+        if flag in info:
+            facts.append(f"{name}: {yes(flag)}")
+    lines = [f"{info['id']} ({info['class']})",
+             f"distribution: {info['distribution']} {info['version']} (entry point {info['plugin']})",
+             "; ".join(facts), "", info["doc"], ""]
+    fields = info["config"]
+    if not fields:
+        lines.append("config: no parameters")
+    else:
+        rows = [[f["name"], f["type"], "(required)" if f["required"] else _shown(f["default"]),
+                 ", ".join(f["constraints"]), f["description"]] for f in fields]
+        lines.append("config:")
+        lines.append(tabulate(rows, headers=["field", "type", "default", "constraints", "description"],
+                              maxcolwidths=[None, 32, 24, None, 60]))
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    import json
+
+    if isinstance(value, str):
+        return value
+    return "None" if value is None else json.dumps(value, ensure_ascii=False)
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -211,27 +276,50 @@ def plugins_list(obj: CliState, fmt: str) -> None:
               help="worker processes of this machine, Ray tasks, or this very process (debugging)")
 @click.option("--address", default=None, help="Ray cluster to join (default: start a local one)")
 @click.option("--resume", is_flag=True, help="finish the newest unfinished run of this file")
+@click.option("--fresh", is_flag=True,
+              help="compute every result again (default: take those an earlier run of DB stored under the same key)")
+@click.option("--dry-run", is_flag=True,
+              help="print what would be built, run and taken from DB, and the expected work; run nothing")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".arena/cache"))
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", "-q", is_flag=True, help="no progress: only errors and the final leaderboard")
+@click.option("--verbose", "-v", is_flag=True,
+              help="also a line when each task starts, and the stored rows' details")
+@click.option("--log", "log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="append the progress lines to this file (whatever the terminal)")
 @click.option("--format", "fmt", default="table", type=click.Choice(LEADERBOARD_FORMATS),
               help="leaderboard format printed at the end")
 @click.pass_obj
 @user_errors
 def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None, resume: bool,
-        cache_dir: Path, quiet: bool, fmt: str) -> None:
+        fresh: bool, dry_run: bool, cache_dir: Path, quiet: bool, verbose: bool, log: Path | None,
+        fmt: str) -> None:
     """Run the tournament in FILE and print its leaderboard.
 
     Exit status 0 when every match ran, 3 when some match failed or timed out (its row is
     stored and listed under the leaderboard), 2 for a mistake in FILE or the options, 130 / 143
-    when stopped by SIGINT / SIGTERM (finish the run with --resume)."""
+    when stopped by SIGINT / SIGTERM (finish the run with --resume).
+
+    Progress goes to stderr: a bar on a terminal, else one line per finished training or match
+    (with its robust accuracy and the time left, weighted by each task's expected cost); the
+    leaderboard goes to stdout.
+
+    A run takes every result an earlier run of DB stored under the same key (what determines
+    it: the samples, the model, the attack, the budget): adding a defense, an attack or a budget
+    to FILE runs only the new matches; --fresh computes everything again, --dry-run shows what
+    would run."""
     import signal
 
     from arena.errors import Interrupted
 
+    if dry_run:
+        _dry_run(obj, file, db)
+        return
+    output = _output(quiet, verbose, log)
     started: list[Any] = []  # the runner, once built: it knows the run id
     previous = _on_sigterm(_raise_interrupted)
     try:
-        run_id, store = _run_tournament(obj, file, db, executor, address, resume, cache_dir, quiet, started)
+        run_id, store = _run_tournament(obj, file, db, executor, address, resume, cache_dir, output, started,
+                                        reuse=not fresh)
     except (KeyboardInterrupt, Interrupted) as exc:
         run_id = getattr(started[0], "run_id", None) if started else None
         stopped = f"run {run_id} stopped; finish it with --resume" if run_id is not None else "no run started"
@@ -244,32 +332,51 @@ def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str 
 
 
 def _run_tournament(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None,
-                    resume: bool, cache_dir: Path, quiet: bool, started: list[Any]) -> tuple[int, Any]:
+                    resume: bool, cache_dir: Path, output: Any, started: list[Any],
+                    reuse: bool = True) -> tuple[int, Any]:
     if executor == "local":  # the workers' forkserver imports torch while this process does too
         from arena.tournament.workers import warm_up
 
         warm_up()
-    from arena.tournament.executors import make_executor
+    from arena.api import run_tournament
     from arena.tournament.plan import load_tournament
-    from arena.tournament.runner import Runner
+
+    return run_tournament(lambda: load_tournament(file, obj.registry), db or Path("results") / f"{file.stem}.db",
+                          executor=executor, address=address, resume=resume, cache_dir=cache_dir,
+                          progress=output, source=str(file), source_file=file, started=started, reuse=reuse)
+
+
+def _dry_run(obj: CliState, file: Path, db: Path | None) -> None:
+    """``arena run --dry-run``: the plan, against what DB holds (opened read-only, if it exists)."""
+    from arena.tournament.dryrun import preview
+    from arena.tournament.plan import load_tournament
     from arena.tournament.store import Store
 
-    pool = make_executor(executor) if executor != "ray" else None
+    plan = load_tournament(file, obj.registry)
+    db = db or Path("results") / f"{file.stem}.db"
+    store = Store(db, readonly=True) if db.is_file() and db.stat().st_size > 0 else None
     try:
-        plan = load_tournament(file, obj.registry)
-        db = db or Path("results") / f"{file.stem}.db"
-        store = Store.open_existing(db) if resume else Store(db)
-        progress = not quiet and sys.stderr.isatty()
-        if pool is None:
-            resources = plan.config.resources
-            pool = make_executor(executor, address, resources.num_cpus, resources.num_gpus)
-        runner = Runner(plan, store, cache_dir=cache_dir, progress=progress, executor=pool,
-                        source=str(file), source_text=file.read_text(encoding="utf-8"))
-        started.append(runner)
-        return runner.run(resume=resume), store
+        click.echo(preview(plan, db, store).render())
     finally:
-        if pool is not None:
-            pool.close()
+        if store is not None:
+            store.close()
+
+
+def _output(quiet: bool, verbose: bool, log: Path | None) -> Any:
+    """The progress options of ``arena run`` (:class:`arena.tournament.progress.Output`); a log
+    file that cannot be appended to is an error before anything runs."""
+    from arena.errors import ConfigError
+    from arena.tournament.progress import Output
+
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
+    if log is not None:
+        try:
+            with open(log, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{log}: cannot append the log there: {exc.strerror or exc}") from None
+    return Output(mode="quiet" if quiet else "auto", verbose=verbose, log=log)
 
 
 def _report(store: Any, run_id: int, fmt: str) -> None:
@@ -308,42 +415,137 @@ def _on_sigterm(handler: Any) -> Any:
 
 
 @cli.command()
-@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dbs", metavar="DB", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", default="table", type=click.Choice(LEADERBOARD_FORMATS))
-@click.option("--run", "run_id", type=int, default=None, help="run id (default: the newest)")
+@click.option("--run", "run_id", type=int, default=None,
+              help="one run of one database (default: the newest result of each pair over every run)")
 @click.option("--dataset", default=None, help="only if the run is on this dataset")
 @click.option("--budget", type=float, default=None, help="only matches at this budget")
 @click.option("--threat-model", "knowledge", default=None,
               type=click.Choice(["white-box", "gray-box", "black-box", "transfer", "adaptive"]),
               help="only these attacks")
 @user_errors
-def leaderboard(db: Path, fmt: str, run_id: int | None, dataset: str | None, budget: float | None,
+def leaderboard(dbs: tuple[Path, ...], fmt: str, run_id: int | None, dataset: str | None, budget: float | None,
                 knowledge: str | None) -> None:
-    """Print the leaderboard stored in DB."""
-    from arena.leaderboard import tables
-    from arena.tournament.store import Store
+    """Print the leaderboard stored in DB (several: combined).
 
-    board = tables.build(Store(db, readonly=True), run_id, dataset=dataset, budget=budget, knowledge=knowledge)
+    Without --run, the newest result of each defense × attack × budget over every run of the
+    databases that was measured on the same samples as the newest one."""
+    from arena.leaderboard import tables
+    from arena.leaderboard.combine import open_view
+
+    board = tables.build(open_view(list(dbs), run_id), run_id, dataset=dataset, budget=budget, knowledge=knowledge)
     click.echo(board.render(fmt))
 
 
 @cli.command()
-@click.argument("db", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--run", "run_id", type=int, default=None, help="run id (default: the newest)")
+@click.argument("paths", metavar="DB... DIRECTORY", nargs=-1)
+@click.option("--run", "run_id", type=int, default=None,
+              help="one run of one database (default: the newest result of each pair over every run)")
+@click.pass_context
 @user_errors
-def publish(db: Path, directory: Path, run_id: int | None) -> None:
-    """Write a self-contained static website of the leaderboard in DB into DIRECTORY."""
+def publish(ctx: click.Context, paths: tuple[str, ...], run_id: int | None) -> None:
+    """Write a self-contained static website of the leaderboard in DB... into DIRECTORY."""
     from arena.errors import ConfigError
+
+    dbs, directory = _dbs_and_directory(ctx, paths)
+    from arena.leaderboard.combine import open_view
     from arena.leaderboard.site import publish as write_site
-    from arena.tournament.store import Store
 
     try:
-        index = write_site(Store(db, readonly=True), run_id, directory)
+        index = write_site(open_view(list(dbs), run_id), run_id, directory)
     except OSError as exc:  # an unwritable or vanished folder: the user's to fix, in one line
         where = exc.filename or directory
         raise ConfigError(f"{where}: cannot write the site there: {exc.strerror or exc}") from None
     click.echo(f"published {index}")
+
+
+@cli.command()
+@click.argument("paths", metavar="DB... DIRECTORY", nargs=-1)
+@click.option("--run", "run_id", type=int, default=None,
+              help="one run of one database (default: the newest result of each pair over every run)")
+@click.pass_context
+@user_errors
+def export(ctx: click.Context, paths: tuple[str, ...], run_id: int | None) -> None:
+    """Write one JSON file per defense of the leaderboard in DB... into DIRECTORY (the fields a
+    public leaderboard keeps: model, architecture, training data, clean and robust accuracy at
+    each budget with the attack that broke each example, sample count, provenance)."""
+    from arena.errors import ConfigError
+
+    dbs, directory = _dbs_and_directory(ctx, paths)
+    from arena.leaderboard.combine import open_view
+    from arena.leaderboard.export import export_defenses
+
+    try:
+        paths = export_defenses(open_view(list(dbs), run_id), run_id, directory)
+    except OSError as exc:
+        where = exc.filename or directory
+        raise ConfigError(f"{where}: cannot write there: {exc.strerror or exc}") from None
+    click.echo(f"exported {len(paths)} defenses to {directory}")
+
+
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@user_errors
+def runs(db: Path, fmt: str) -> None:
+    """List the runs stored in the results database DB: id, name, status, start, duration,
+    matches ok and failed, config hash and tournament file."""
+    from arena.tournament.store import Store
+
+    store = Store(db, readonly=True)
+    listed = [_run_summary(store, run_id) for run_id in store.run_ids()]
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(listed, indent=2))
+        return
+    if not listed:
+        click.echo(f"{db}: no runs")
+        return
+    from tabulate import tabulate
+
+    from arena.tournament.progress import clock_time
+
+    rows = [[r["id"], r["name"], r["status"], _local_time(r["started"]),
+             clock_time(r["duration_seconds"]) if r["duration_seconds"] is not None else "-",
+             r["matches_ok"], r["matches_failed"], r["config_hash"][:12], r["source"] or "-"] for r in listed]
+    click.echo(tabulate(rows, headers=["id", "name", "status", "started", "duration", "ok", "failed",
+                                       "config hash", "source"]))
+
+
+def _run_summary(store: Any, run_id: int) -> dict[str, Any]:
+    """One run of ``store`` as ``arena runs`` lists it (times in seconds since the epoch)."""
+    record = store.run(run_id)
+    matches = store.matches(run_id)
+    ok = sum(1 for m in matches if m.ok)
+    reused = sum(1 for m in matches if isinstance((getattr(m, "provenance", None) or {}).get("reused"), dict))
+    finished = record.finished
+    return {"id": record.id, "name": record.name, "status": record.status, "started": record.started,
+            "finished": finished,
+            "duration_seconds": None if finished is None else max(0.0, finished - record.started),
+            "matches_ok": ok, "matches_failed": len(matches) - ok, "matches_reused": reused,
+            "config_hash": record.config_hash,
+            "source": record.source, "dataset": record.dataset, "seed": record.seed}
+
+
+def _local_time(stamp: float | None) -> str:
+    import time
+
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _dbs_and_directory(ctx: click.Context, paths: tuple[str, ...]) -> tuple[list[Path], Path]:
+    """``DB... DIRECTORY``: at least one existing database file, then the output folder, each
+    checked as click checks an argument (one-line usage errors naming DB or DIRECTORY)."""
+    if not paths:
+        raise click.UsageError("Missing argument 'DB'.", ctx)
+    if len(paths) == 1:
+        raise click.UsageError("Missing argument 'DIRECTORY'.", ctx)
+    db = click.Argument(["db"], type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    out = click.Argument(["directory"], type=click.Path(file_okay=False, path_type=Path))
+    return [db.type.convert(p, db, ctx) for p in paths[:-1]], out.type.convert(paths[-1], out, ctx)
 
 
 @cli.command("new-plugin")

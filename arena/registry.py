@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import sys
 import types
+import typing
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from enum import Enum
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
 import pluggy
 
@@ -100,22 +103,114 @@ class Registry:
     def make_metric(self, plugin_id: str, **config: Any) -> Any:
         return self.make("metrics", plugin_id, **config)
 
-    def rows(self) -> list[dict[str, str]]:
-        """One row per registered class: id, kind, knowledge, norm, distribution, version."""
+    def rows(self, kinds: Iterable[str] | None = None) -> list[dict[str, str]]:
+        """One row per registered class (of ``kinds``, default all): id, kind, knowledge, norm
+        (every norm an attack supports, its default first: :meth:`norms`), distribution, version."""
         rows = []
-        for kind in KINDS:
+        for kind in KINDS if kinds is None else [plural_kind(k) for k in kinds]:
             for pid, cls in sorted(self._tables[kind].items()):
                 owner = self.owners[(kind, pid)]
                 rows.append({
                     "id": pid,
                     "kind": _describe_kind(cls),
                     "knowledge": _enum_value(getattr(cls, "knowledge", None)),
-                    "norm": _enum_value(_default_of(cls, "norm")),
+                    "norm": ", ".join(self.norms(cls)),
                     "distribution": owner.distribution,
                     "version": owner.version,
                     "plugin": owner.plugin,
                 })
         return rows
+
+    def norms(self, cls: type) -> list[str]:
+        """The norms a plugin class works in, its default first: for a ``norm`` config field,
+        each norm that its type and the config's validators accept with the other fields at
+        their defaults (a Literal, an Enum, an ``Annotated`` validator such as
+        :data:`arena.threat.L2OrLinf`); for an attack that runs an ``inner`` attack (and has
+        no norm field), the norms of its default inner attack; else its class attribute
+        ``norm`` (none for a plugin without one)."""
+        default = _enum_value(_default_of(cls, "norm"))
+        fields = getattr(getattr(cls, "Config", None), "model_fields", {})
+        if "norm" in fields:
+            accepted = [n for n in _norm_values() if self._accepts_norm(cls, n)]
+        elif "inner" in fields and getattr(cls, "kind", None) == "attack":
+            inner = fields["inner"].default
+            inner_id = getattr(inner, "id", inner)
+            accepted = self.norms(self._tables["attacks"][inner_id]) \
+                if isinstance(inner_id, str) and inner_id in self._tables["attacks"] else []
+            default = accepted[0] if accepted else default
+        else:
+            accepted = []
+        ordered = ([default] if default else []) + [n for n in accepted if n != default]
+        return ordered
+
+    def _accepts_norm(self, cls: type, norm: str) -> bool:
+        config = cls.Config
+        try:
+            with self.resolving():
+                config(norm=norm)
+            return True
+        except Exception:  # the config as a whole, or only its norm field, rejects it
+            pass
+        field = config.model_fields["norm"]
+        try:
+            from pydantic import TypeAdapter
+
+            TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata
+                        else field.annotation).validate_python(norm)
+        except Exception:
+            return False
+        # the field takes it: the config rejects it only when nothing at all can be built with defaults
+        try:
+            with self.resolving():
+                config()
+            return False
+        except Exception:
+            return True
+
+    def find(self, plugin_id: str, kind: str | None = None) -> tuple[str, type]:
+        """The kind (plural, as in :data:`KINDS`) and class registered under ``plugin_id``, of
+        ``kind`` (singular or plural) if given; a ConfigError suggests a close id, or asks for
+        ``kind`` when two kinds use the id."""
+        if kind is not None:
+            kind = plural_kind(kind)
+            return kind, self.get(kind, plugin_id)
+        found = [k for k in KINDS if plugin_id in self._tables[k]]
+        if len(found) == 1:
+            return found[0], self._tables[found[0]][plugin_id]
+        if found:
+            kinds = " and ".join(("an " if k[0] in "aeiou" else "a ") + k[:-1] for k in found)
+            raise ConfigError(f"'{plugin_id}' names {kinds}; choose one with --kind")
+        every = sorted({pid for k in KINDS for pid in self._tables[k]})
+        raise ConfigError(f"unknown plugin '{plugin_id}'{did_you_mean(plugin_id, every)}")
+
+    def describe(self, plugin_id: str, kind: str | None = None) -> dict[str, Any]:
+        """Everything ``arena plugins show`` prints of one plugin: id, kind, class, docstring,
+        knowledge, norms, distribution, version, entry point, and each config field with its
+        type, default, constraints and description (from the pydantic ``model_fields``)."""
+        table, cls = self.find(plugin_id, kind)
+        owner = self.owners[(table, plugin_id)]
+        info: dict[str, Any] = {
+            "id": plugin_id,
+            "kind": _describe_kind(cls),
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "doc": inspect.cleandoc(cls.__doc__ or ""),
+            "distribution": owner.distribution,
+            "version": owner.version,
+            "plugin": owner.plugin,
+        }
+        if getattr(cls, "knowledge", None) is not None:
+            info["knowledge"] = _enum_value(cls.knowledge)
+        norms = self.norms(cls)
+        if norms:
+            info["norms"] = norms
+        for flag in ("minimal", "supports_targeted", "wraps_model", "trains", "learned"):
+            if isinstance(getattr(cls, flag, None), bool):
+                info[flag] = getattr(cls, flag)
+        info["config"] = [_describe_field(name, f) for name, f in cls.Config.model_fields.items()]
+        for entry in info["config"]:
+            if entry["name"] == "norm" and norms:  # the norms the config accepts, not every Norm
+                entry["type"] = " | ".join(norms)
+        return info
 
     def _add(self, kind: str, cls: Any, owner: Owner) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Plugin)):
@@ -133,6 +228,85 @@ class Registry:
             raise PluginError(f"duplicate {kind[:-1]} id '{pid}': registered by {other} and by {owner}")
         self._tables[kind][pid] = cls
         self.owners[(kind, pid)] = owner
+
+
+def plural_kind(kind: str) -> str:
+    """A plugin kind as in :data:`KINDS`, from its singular or plural name (any case); an
+    unknown one is a ConfigError with a close choice."""
+    text = str(kind).strip().lower()
+    for known in KINDS:
+        if text in (known, known[:-1]):
+            return known
+    choices = [k[:-1] for k in KINDS]
+    hint = did_you_mean(text, choices + list(KINDS)) or ""
+    raise ConfigError(f"unknown plugin kind '{kind}'{hint}; choose {', '.join(choices)}")
+
+
+def _norm_values() -> list[str]:
+    from arena.threat import Norm
+
+    return [n.value for n in Norm]
+
+
+def _describe_field(name: str, field: Any) -> dict[str, Any]:
+    """One config field: name, type, default (None when required), required, constraints,
+    description."""
+    from pydantic_core import PydanticUndefined
+
+    if field.default_factory is not None:
+        try:
+            default: Any = field.default_factory()
+        except Exception:
+            default = None
+    else:
+        default = None if field.default is PydanticUndefined else field.default
+    constraints = []
+    for item in field.metadata:
+        for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"), ("min_length", "min length"),
+                           ("max_length", "max length")):
+            value = getattr(item, attr, None)
+            if value is not None:
+                constraints.append(f"{sign} {value}")
+    return {"name": name, "type": _type_name(field.annotation), "default": _jsonable(default),
+            "required": field.is_required(), "constraints": constraints, "description": field.description or ""}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "model_dump"):
+        return _jsonable(value.model_dump(mode="json"))
+    return str(value)
+
+
+def _type_name(annotation: Any) -> str:
+    """A config field's type as a reader writes it: ``int``, ``float | None``, ``'ce' | 'margin'``,
+    ``linf | l2 | ...`` for an Enum, ``attack`` for a plugin reference."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is None or annotation is type(None):
+        return "None"
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return " | ".join(str(m.value) for m in annotation)
+    kind = getattr(annotation, "plugin_kind", None)
+    if isinstance(kind, str) and kind:
+        return f"{kind[:-1]} (id or {{id, params}})"
+    if origin is not None:
+        inner = ", ".join(_type_name(a) for a in args)
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{inner}]" if args else name
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
 
 def _describe_kind(cls: type) -> str:

@@ -107,6 +107,7 @@ print("RESULT", code, "torch" in sys.modules, "tabulate" in sys.modules)
 
 @pytest.mark.parametrize("args", [
     ["--help"], ["run", "--help"], ["plugins", "--help"], ["train", "--help"], ["leaderboard", "--help"],
+    ["runs", "--help"], ["plugins", "show", "--help"],
 ])
 def test_help_imports_neither_torch_nor_tabulate(args, tmp_path):
     proc = subprocess.run([sys.executable, "-c", IMPORTS, *args], capture_output=True, text=True,
@@ -124,6 +125,9 @@ def test_help_imports_neither_torch_nor_tabulate(args, tmp_path):
     ["publish"],
     ["new-plugin"],
     ["plugins", "list", "--format", "xml"],
+    ["plugins", "show"],
+    ["runs"],
+    ["run", "t.toml", "--quiet", "--verbose"],
     ["no-such-command"],
 ])
 def test_bad_usage_exits_2_without_importing_torch(args, tmp_path):
@@ -334,7 +338,7 @@ def test_a_model_file_that_fails_to_load_fails_its_matches_and_the_exit_status(r
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "t.toml", "--bogus"], "Error: No such option '--bogus'. (see 'arena run --help')"),
+    (["run", "t.toml", "--zzz-no-such-option"], "Error: No such option '--zzz-no-such-option'. (see 'arena run --help')"),
     (["run", "t.toml", "--format", "xml"], ("Error: Invalid value for '--format': 'xml' is not one of 'table', "
                                             "'markdown', 'latex', 'html', 'csv', 'json'. (see 'arena run --help')")),
     (["leaderboard"], "Error: Missing argument 'DB'. (see 'arena leaderboard --help')"),

@@ -115,6 +115,16 @@ def providers(registry: Registry, **ids: str) -> dict[str, str]:
     return out
 
 
+def _data_files(spec: EntrantSpec) -> dict[str, Any]:
+    """What the data files the dataset's params name hold (a local image tree, a tensor file),
+    for the cache key: adding images under the same path trains again. Nothing for a dataset
+    that names no files, so those keys are as they were."""
+    from arena.tournament.identity import fingerprint
+
+    files = fingerprint(spec.dataset.params)
+    return {"data": files} if files else {}
+
+
 class _Builder:
     """The tournament's :class:`arena.defense.EntrantBuilder`: trains (or restores from the cache),
     loads, wraps or fits each kind of defense."""
@@ -131,7 +141,7 @@ class _Builder:
                           architecture=plan.architecture.model_dump(mode="json"),
                           dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
                           parent=parent.cache_key if parent else None,
-                          code=spec.code, numerics=numerics(self.device))
+                          code=spec.code, numerics=numerics(self.device), **_data_files(spec))
 
         def fresh() -> nn.Module:  # the untrained model, initialised by the seed alone
             torch.manual_seed(spec.seed)

@@ -117,6 +117,7 @@ class ModelRecord:
     train_seconds: float | None
     checks: dict[str, Any]
     provenance: dict[str, Any]
+    key: str | None = None  # what identifies the model row (arena.tournament.identity)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class MatchRecord:
     started: float | None
     finished: float | None
     provenance: dict[str, Any]
+    key: str | None = None  # what identifies the result (arena.tournament.identity)
 
     @property
     def ok(self) -> bool:
@@ -178,7 +180,7 @@ def model_record(r: sqlite3.Row) -> ModelRecord:
                        clean_accuracy=r["clean_accuracy"], clean_mask=tuple(decode_mask(r["clean_mask"])),
                        false_positive_rate=r["false_positive_rate"], cache_key=r["cache_key"],
                        train_seconds=r["train_seconds"], checks=_loads(r["checks_json"]),
-                       provenance=_loads(r["provenance_json"]))
+                       provenance=_loads(r["provenance_json"]), key=_key(r))
 
 
 def lease_record(r: sqlite3.Row) -> Lease:
@@ -196,7 +198,11 @@ def match_record(r: sqlite3.Row) -> MatchRecord:
         robust_accuracy=r["robust_accuracy"], success_rate=r["success_rate"], mean_distance=r["mean_distance"],
         mean_queries=r["mean_queries"], robust_mask=None if mask is None else tuple(decode_mask(mask)),
         error=r["error"], wall_seconds=r["wall_seconds"], started=r["started"], finished=r["finished"],
-        provenance=provenance)
+        provenance=provenance, key=_key(r))
+
+
+def _key(r: sqlite3.Row) -> str | None:
+    return r["key"] if "key" in r.keys() else None
 
 
 def encode_mask(mask: Any) -> str:

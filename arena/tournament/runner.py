@@ -5,6 +5,13 @@ Shared work is never repeated: trained models come from the on-disk cache, clean
 are computed once per model, samples already misclassified are not attacked, one run of a
 minimal-perturbation attack serves every budget, and ``resume`` skips finished matches and
 entrants that no unfinished match needs.
+
+Incremental tournaments. Every model and match row is stored with its key
+(:mod:`arena.tournament.identity`: what determines the result). A new run first copies into
+itself each result that an earlier run of the database stored under the same key (``ok`` rows
+only, with their metrics, marked ``reused`` in their provenance), then runs what is left: adding
+a defense, an attack or a budget to a file runs exactly the new matches. ``reuse=False``
+(``arena run --fresh``) computes everything again.
 """
 from __future__ import annotations
 
@@ -14,19 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from operator import attrgetter
 
 from arena import isolation
+from arena.tournament import identity
 from arena.model import default_device
 from arena.tournament.entrants import EntrantSpec, Prepared, prepare, providers
 from arena.tournament.executors import InlineExecutor, LocalExecutor, RayExecutor
 from arena.tournament.matches import (Entrant, MatchOutcome, MatchSpec, craft_transfer, failed_rows, run_match,
                                       score_transfer)
-from arena.tournament.plan import AttackPlan, DefensePlan, Plan, check_samples
+from arena.tournament.plan import AttackPlan, DefensePlan, Plan, check_architectures, check_samples
+from arena.tournament.progress import Output, Progress
 from arena.tournament.provenance import provenance
-from arena.tournament.store import Store
+from arena.tournament.store import Store, model_basis
 from arena.tournament.workers import Shared
 
 Todo = dict[str, list[tuple[AttackPlan, tuple[float, ...]]]]
@@ -36,13 +44,15 @@ class Runner:
     """Runs one tournament :class:`~arena.tournament.plan.Plan` into a :class:`Store`."""
 
     def __init__(self, plan: Plan, store: Store, *, cache_dir: str | Path | None = ".arena/cache",
-                 progress: bool = True, executor: LocalExecutor | RayExecutor | InlineExecutor | None = None,
-                 source: str | None = None, source_text: str | None = None) -> None:
+                 progress: bool | Output = True, executor: LocalExecutor | RayExecutor | InlineExecutor | None = None,
+                 source: str | None = None, source_text: str | None = None, reuse: bool = True) -> None:
         self.plan, self.registry, self.store = plan, plan.registry, store
         self.cache_root = str(Path(cache_dir) / "models") if cache_dir is not None else None
         self.progress = progress
         self.executor = executor or LocalExecutor()
         self.source, self.source_text = source, source_text
+        self.reuse = reuse
+        self.reused = 0  # the match rows this run took from earlier runs
         self.entrants: dict[str, Entrant] = {}
         self.shared: dict[str, Any] = {}  # each entrant as the executor shares it with its tasks
 
@@ -51,6 +61,7 @@ class Runner:
         plan, cfg = self.plan, self.plan.config
         self.data = plan.dataset.build().load(plan.seed)
         check_samples(plan, self.data)
+        check_architectures(plan, self.data)
         self.eval = self.data.test.take(cfg.samples, plan.seed)
         run_id = self.store.resumable_run(plan.digest()) if resume else None
         if run_id is None:
@@ -58,6 +69,9 @@ class Runner:
                                           self.source_text, plan.seed, time.time(), self._provenance())
         self.run_id = run_id
         try:
+            self.keys = identity.keys(plan)
+            if self.reuse:
+                self._reuse()
             self._run_all(self.store.done_matches(run_id))
         except BaseException:  # ^C, SIGTERM, a crash of the driver: the run can be resumed
             self.store.finish_run(run_id, time.time(), status="interrupted")
@@ -67,15 +81,63 @@ class Runner:
 
     def _run_all(self, done: set[tuple[str, str, float]]) -> None:
         todo = self._todo(done)
+        self._todo_now = todo
         needed = self._needed(todo)
-        total = len(needed) + sum(len(v) for v in todo.values())
-        with tqdm(total=total, disable=not self.progress, unit="task", dynamic_ncols=True) as bar:
+        self._needed_now = needed
+        with Progress.for_run(self, needed, todo) as bar:
             self.bar = bar
             shared = (self.executor.share(self.data), self.executor.share(self.eval))
             for level in self.plan.levels():
                 self._prepare_level([d for d in level if d.label in needed], shared)
                 self._run_matches([d.label for d in level if d.label in self.entrants], todo, shared)
             self._run_transfers(todo, shared)
+
+    # ------------------------------------------------------------- reuse
+    def _reuse(self) -> None:
+        """Copy into this run every result an earlier run stored under the same key that this
+        run lacks: the match rows that finished ``ok``, and each entrant's model row. A match row
+        is taken only when it stands on the same model as the model row taken (same cache key
+        and clean predictions); an entrant rebuilt later is checked again (:meth:`_recheck`)."""
+        run_id, keys = self.run_id, self.keys
+        have_models = {m.defense for m in self.store.models(run_id)}
+        found = identity.stored(self.store, keys, self.store.done_matches(run_id))
+        examples: set[tuple[int, str, str, str, str]] = set()
+        for (defense, attack, _), (key, match, basis) in found.matches.items():
+            self.store.copy_match(run_id, match, defense, attack, key, basis)
+            self.reused += 1
+            examples.add((match.run_id, match.defense, match.attack, defense, attack))
+        for label, model in found.models.items():
+            if label not in have_models:
+                self.store.copy_model(run_id, model, label, keys.models[label])
+        if self.plan.config.save_examples:
+            for old_run, old_defense, old_attack, defense, attack in examples:
+                self.store.copy_examples(old_run, old_defense, old_attack, run_id, defense, attack)
+
+    def _recheck(self, label: str, row: dict[str, Any], todo: Todo) -> None:
+        """After ``label`` was built in this run: the reused matches that stand on another build
+        of its model (other cache key or clean predictions, e.g. trained again elsewhere) are
+        dropped and run again."""
+        basis = model_basis(row.get("cache_key"), row["clean_mask"])
+        runnable = {a.label for a in self.plan.attacks
+                    if a.view.surrogate is None or a.view.surrogate in self._needed_now}
+        stale = {(m.defense, m.attack, m.budget) for m in self.store.matches(self.run_id)
+                 if m.defense == label and m.attack in runnable and isinstance(m.provenance.get("reused"), dict)
+                 and m.provenance["reused"].get("model") != basis}
+        if not stale:
+            return
+        self.store.forget_matches(self.run_id, stale)
+        self.reused -= len(stale)
+        for attack in self.plan.attacks:
+            budgets = {b for (_, a, b) in stale if a == attack.label}
+            if not budgets:
+                continue
+            items = todo.setdefault(label, [])
+            known = next((i for i, (a, _) in enumerate(items) if a is attack), None)
+            if known is None:
+                items.append((attack, tuple(sorted(budgets))))
+            else:
+                items[known] = (attack, tuple(sorted(set(items[known][1]) | budgets)))
+            self.bar.total += 1
 
     # ------------------------------------------------------------- planning
     def _todo(self, done: set[tuple[str, str, float]]) -> Todo:
@@ -89,9 +151,12 @@ class Runner:
         return todo
 
     def _needed(self, todo: Todo) -> set[str]:
-        """Entrants with unfinished matches, and the entrants they are built from."""
+        """Entrants with unfinished matches, entrants whose matches were all reused but whose
+        model row is not (a model metric was added), and the entrants they are built from."""
         needed: set[str] = set()
-        stack = list(todo)
+        built = {m.defense for m in self.store.models(self.run_id)}
+        finished = {m.defense for m in self.store.matches(self.run_id) if m.ok}
+        stack = list(todo) + sorted(finished - built)
         while stack:
             label = stack.pop()
             if label not in needed:
@@ -114,10 +179,11 @@ class Runner:
             handles[defense.label] = Shared.of(None).id  # the worker keeps the entrant it built
             jobs.append((defense.label, (spec, shared[0], shared[1], *parents),
                          {"keep": (handles[defense.label], attrgetter("entrant"))}))
-        for label, result in self.executor.map(prepare, jobs):
-            self.bar.update()
+        for label, result in self.executor.map(prepare, self.bar.feed("training", jobs)):
+            self.bar.trained(label, result)
             if isinstance(result, Prepared):
-                self.store.save_model(self.run_id, **result.model_row)
+                self.store.save_model(self.run_id, **result.model_row, key=self.keys.models.get(label))
+                self._recheck(label, result.model_row, self._todo_now)
                 self.entrants[label] = result.entrant
                 self.shared[label] = self.executor.share(Shared(handles[label], result.entrant))
             else:
@@ -140,7 +206,7 @@ class Runner:
                             spec = replace(spec, survivors=self._survivors(label, attack, budgets))
                         jobs.append(((label, attack), (self.shared[label], spec, *_data(spec, shared)),
                                      _limit(spec)))
-            for (label, attack), outcome in self.executor.map(run_match, jobs):
+            for (label, attack), outcome in self.executor.map(run_match, self.bar.feed("match", jobs)):
                 self._store_outcome(label, attack, todo, outcome)
 
     def _survivors(self, label: str, attack: AttackPlan, budgets: tuple[float, ...]) -> dict[float, torch.Tensor]:
@@ -176,30 +242,29 @@ class Runner:
         for name, (a, b, _) in wanted.items():
             spec = self._spec(a, tuple(sorted(b)), a.view.surrogate)
             jobs.append((name, (self.shared[a.view.surrogate], spec, shared[1]), _limit(spec)))
-        for name, crafted in self.executor.map(craft_transfer, jobs):
+        for name, crafted in self.executor.map(craft_transfer, self.bar.feed("craft", jobs)):
             attack, _, labels = wanted[name]
             scoring = []
             for label in labels:
                 if isinstance(crafted, BaseException):
-                    self.bar.update()
+                    self.bar.matched(label, attack, crafted)
                     self._crashed(label, attack, todo, crafted)
                     continue
                 budgets = next(b for a, b in todo[label] if a is attack)
                 spec = self._spec(attack, budgets, label)
                 scoring.append(((label, attack), (self.shared[label], spec, crafted, *_data(spec, shared)),
                                 _limit(spec)))
-            for (label, _), outcome in self.executor.map(score_transfer, scoring):
+            for (label, _), outcome in self.executor.map(score_transfer, self.bar.feed("match", scoring)):
                 self._store_outcome(label, attack, todo, outcome)
 
     def _store_outcome(self, label: str, attack: AttackPlan, todo: Todo, outcome: Any) -> None:
         """A finished match's rows (and examples), or failed rows where its task raised or died."""
-        self.bar.set_description(f"{attack.label} vs {label}")
-        self.bar.update()
+        self.bar.matched(label, attack, outcome)
         if not isinstance(outcome, MatchOutcome):
             self._crashed(label, attack, todo, outcome)
             return
         for row in outcome.rows:
-            self.store.save_match(self.run_id, row)
+            self.store.save_match(self.run_id, row, self.keys.matches.get((row.defense, row.attack, row.budget)))
         if outcome.examples is not None:
             self.store.save_examples(self.run_id, label, attack.label, outcome.examples)
 
@@ -211,7 +276,7 @@ class Runner:
     def _save_failed(self, label: str, attack: AttackPlan, budgets: tuple[float, ...], reason: str,
                      status: str = "failed") -> None:
         for row in failed_rows(label, attack, budgets, reason, status):
-            self.store.save_match(self.run_id, row)
+            self.store.save_match(self.run_id, row, self.keys.matches.get((row.defense, row.attack, row.budget)))
 
     def _spec(self, attack: AttackPlan, budgets: tuple[float, ...], defense: str) -> MatchSpec:
         cfg, owners = self.plan.config, self.registry.owners

@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (run_id, metric, defense, attack, budget)
 )"""
 
+# Reuse looks results up by key (:mod:`arena.tournament.identity`).
+KEY_INDEXES = """
+CREATE INDEX IF NOT EXISTS models_by_key ON models (key);
+CREATE INDEX IF NOT EXISTS matches_by_key ON matches (key);
+"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -57,6 +63,7 @@ CREATE TABLE IF NOT EXISTS models (
     train_seconds REAL,
     checks_json TEXT NOT NULL DEFAULT '{}',
     provenance_json TEXT NOT NULL DEFAULT '{}',
+    key TEXT,
     PRIMARY KEY (run_id, defense)
 );
 CREATE TABLE IF NOT EXISTS matches (
@@ -80,9 +87,10 @@ CREATE TABLE IF NOT EXISTS matches (
     started REAL,
     finished REAL,
     provenance_json TEXT NOT NULL DEFAULT '{}',
+    key TEXT,
     PRIMARY KEY (run_id, defense, attack, budget)
 );
-""" + LEASES + METRICS + ";\n"
+""" + LEASES + METRICS + ";\n" + KEY_INDEXES
 
 # Columns that unversioned (user_version 0) databases may lack: they were added on open, before
 # the schema had a version.
@@ -119,6 +127,17 @@ def _to_v3(conn: sqlite3.Connection) -> None:
     conn.execute(METRICS)
 
 
+def _to_v4(conn: sqlite3.Connection) -> None:
+    """Version 3 -> 4: ``models.key`` and ``matches.key``, what identifies a result
+    (:mod:`arena.tournament.identity`), indexed; older rows have none and are never reused."""
+    for table in ("models", "matches"):
+        if "key" not in columns(conn, table):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN key TEXT")
+    for statement in KEY_INDEXES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3, _to_v4)
 SCHEMA_VERSION = len(MIGRATIONS)

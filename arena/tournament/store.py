@@ -306,8 +306,11 @@ class Store:
         fields["clean_mask"] = mask_text(fields["clean_mask"])
         self._insert("models", run_id, fields, metrics)
 
-    def save_match(self, run_id: int, row: MatchRow) -> None:
+    def save_match(self, run_id: int, row: MatchRow, key: str | None = None) -> None:
+        """Store a match row (``key``: what identifies it, :mod:`arena.tournament.identity`)
+        with its match metrics, in one transaction."""
         data = asdict(row)
+        data["key"] = key
         data["threat_model"] = row.threat_model or threat_model_of(row.knowledge, row.provenance)
         data["provenance_json"] = json.dumps(data.pop("provenance"))
         data["attack_config_json"] = json.dumps(data.pop("attack_config"))
@@ -351,6 +354,89 @@ class Store:
         torch.save(tensors, path)
         return path
 
+    # ------------------------------------------------------------- reuse (incremental tournaments)
+    def stored_models(self, keys: set[str]) -> dict[str, ModelRecord]:
+        """By key, the newest model row stored with it (in any run)."""
+        return self._newest("models", keys, model_record, "")
+
+    def stored_matches(self, keys: set[str]) -> dict[str, MatchRecord]:
+        """By key, the newest match row that finished ``ok`` with it (in any run): a failed or
+        timed-out match is run again."""
+        return self._newest("matches", keys, match_record, " AND status = 'ok'")
+
+    def _newest(self, table: str, keys: set[str], record: Callable[[sqlite3.Row], T], where: str) -> dict[str, T]:
+        out: dict[str, T] = {}
+        wanted = sorted(k for k in keys if k)
+        for i in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            chunk = wanted[i:i + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for r in self._rows(f"SELECT * FROM {table} WHERE key IN ({marks}){where} ORDER BY run_id, rowid",
+                                tuple(chunk)):
+                out[r["key"]] = record(r)  # a later run's row replaces an earlier one's
+        return out
+
+    def copy_model(self, run_id: int, model: ModelRecord, defense: str, key: str) -> None:
+        """``model`` (of an earlier run) stored again in ``run_id`` as ``defense``'s row, with
+        its model metrics; its provenance says where it came from."""
+        metrics = self._metric_copies(model.run_id, model.defense, "", 0.0, defense, "")
+        self.save_model(run_id, defense=defense, defense_id=model.defense_id, defense_kind=model.defense_kind,
+                        config=model.config, clean_accuracy=model.clean_accuracy, clean_mask=model.clean_mask,
+                        false_positive_rate=model.false_positive_rate, cache_key=model.cache_key,
+                        train_seconds=model.train_seconds, checks=model.checks,
+                        provenance={**model.provenance, "reused": {"run": model.run_id}}, key=key,
+                        metrics=metrics)
+
+    def copy_match(self, run_id: int, match: MatchRecord, defense: str, attack: str, key: str,
+                   model: str) -> None:
+        """``match`` (of an earlier run) stored again in ``run_id`` as ``defense`` × ``attack``,
+        with its match metrics; its provenance's ``reused`` says which run it came from and
+        which model (``model``: :func:`model_basis` of that run's model row) it stands on."""
+        metrics = self._metric_copies(match.run_id, match.defense, match.attack, match.budget, defense, attack)
+        row = MatchRow(defense=defense, attack=attack, budget=match.budget, attack_id=match.attack_id,
+                       attack_config=match.attack_config, norm=match.norm, knowledge=match.knowledge,
+                       status=match.status, robust_accuracy=match.robust_accuracy, success_rate=match.success_rate,
+                       mean_distance=match.mean_distance, mean_queries=match.mean_queries,
+                       robust_mask=match.robust_mask, error=match.error, wall_seconds=match.wall_seconds,
+                       started=match.started, finished=match.finished,
+                       provenance={**match.provenance, "reused": {"run": match.run_id, "model": model}},
+                       threat_model=match.threat_model, metrics=metrics)
+        self.save_match(run_id, row, key)
+
+    def _metric_copies(self, run_id: int, defense: str, attack: str, budget: float, new_defense: str,
+                       new_attack: str) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT * FROM metrics WHERE run_id = ? AND defense = ? AND attack = ? AND budget = ?",
+                          (run_id, defense, attack, budget))
+        return [{"metric": r["metric"], "metric_id": r["metric_id"], "scope": r["scope"], "defense": new_defense,
+                 "attack": new_attack, "budget": r["budget"], "status": r["status"], "value": r["value"],
+                 "error": r["error"], "config": json.loads(r["config_json"] or "{}"),
+                 "provenance": {**json.loads(r["provenance_json"] or "{}"), "reused": {"run": run_id}}}
+                for r in rows]
+
+    def forget_matches(self, run_id: int, pairs: set[tuple[str, str, float]]) -> None:
+        """Delete these (defense, attack, budget) rows of ``run_id`` and their metrics (reused rows
+        found to stand on another model than the one rebuilt: they are computed again)."""
+        def step(conn: sqlite3.Connection) -> None:
+            for d, a, b in sorted(pairs):
+                conn.execute("DELETE FROM matches WHERE run_id = ? AND defense = ? AND attack = ? AND budget = ?",
+                             (run_id, d, a, b))
+                conn.execute("DELETE FROM metrics WHERE run_id = ? AND defense = ? AND attack = ? AND budget = ?",
+                             (run_id, d, a, b))
+            leases.beat(conn, run_id)
+
+        self._write(step)
+
+    def copy_examples(self, old_run: int, old_defense: str, old_attack: str, run_id: int, defense: str,
+                      attack: str) -> None:
+        """The saved adversarial examples of a reused match, copied next to this run's (none
+        saved then: nothing to copy)."""
+        import shutil
+
+        source = self.examples_dir(old_run) / f"{_slug(old_defense)}__{_slug(old_attack)}.pt"
+        if source.is_file():
+            folder = self.examples_dir(run_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, folder / f"{_slug(defense)}__{_slug(attack)}.pt")
+
     def done_matches(self, run_id: int) -> set[tuple[str, str, float]]:
         rows = self._rows("SELECT defense, attack, budget FROM matches WHERE run_id = ?", (run_id,))
         return {(r["defense"], r["attack"], r["budget"]) for r in rows}
@@ -378,6 +464,15 @@ class Store:
     def matches(self, run_id: int) -> list[MatchRecord]:
         return [match_record(r) for r in self._rows("SELECT * FROM matches WHERE run_id = ? ORDER BY rowid",
                                                     (run_id,))]
+
+
+def model_basis(cache_key: str | None, clean_mask: Any) -> str:
+    """What a match's result stands on, of its model row: the trained weights' cache key and the
+    clean predictions (a rebuilt model with other bits answers differently on some sample, or
+    has another cache key)."""
+    import hashlib
+
+    return hashlib.sha256(f"{cache_key or ''}|{mask_text(clean_mask)}".encode()).hexdigest()[:16]
 
 
 def _slug(text: str) -> str:
