@@ -44,7 +44,7 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], pref
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        path = ".".join(([prefix] if prefix else []) + loc) or prefix or model.__name__
+        path = _path([prefix] if prefix else [], err["loc"]) or prefix or model.__name__
         if err["type"] == "extra_forbidden":
             fields = _fields_at(model, err["loc"][:-1])
             hint = did_you_mean(loc[-1], fields) if fields else ""
@@ -55,6 +55,17 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], pref
         else:
             parts.append(f"{path}: {err['msg']}")
     return "; ".join(parts)
+
+
+def _path(head: list[str], loc: tuple) -> str:
+    """A field's path as the plan's errors write it: ``attacks[0].budgets[1]``."""
+    text = ".".join(head)
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

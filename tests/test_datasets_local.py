@@ -259,8 +259,8 @@ def test_image_folder_errors_are_one_line_config_errors(registry, tmp_path, case
 
 @pytest.mark.parametrize("params, match", [
     ({"test_path": "t", "test_fraction": 0.3}, r"test_fraction: not used when test_path is given"),
-    ({"size": [0, 4]}, r"size\.0: Input should be greater than 0"),
-    ({"size": [4]}, r"size\.1: Field required"),
+    ({"size": [0, 4]}, r"size\[0\]: Input should be greater than 0"),
+    ({"size": [4]}, r"size\[1\]: Field required"),
     ({"classes": ["a", "b", "a"]}, r"classes: 'a' listed twice"),
     ({"classes": ["a"]}, r"classes: Tuple should have at least 2 items"),
     ({"trian_size": 4}, r"trian_size: unknown key \(did you mean 'train_size'\?\)"),

@@ -377,6 +377,12 @@ def _defense(where: str, entry: DefenseEntry, cfg: TournamentConfig, architectur
     if not defense.wraps_model and entry.on is not None:
         raise ConfigError(f"{where}.on: {kind} defense '{entry.id}' brings its own model; only inference-time "
                           "and detector defenses take 'on'")
+    if entry.finetune_from is not None and not getattr(defense, "trains", False):
+        raise ConfigError(f"{where}.finetune_from: {kind} defense '{entry.id}' trains nothing to fine-tune; only "
+                          "training-time defenses take 'finetune_from'")
+    if entry.architecture is not None and defense.wraps_model:
+        raise ConfigError(f"{where}.architecture: {kind} defense '{entry.id}' runs on the model of '{entry.on}'; "
+                          "give the architecture to that entry")
     return DefensePlan(entry.label, entry.id, defense, arch, entry.on, entry.finetune_from)
 
 
