@@ -1,9 +1,13 @@
-"""Shared fixtures: a tiny trained digits model and registries with test-only plugins."""
+"""Shared fixtures: a tiny trained digits model, registries with test-only plugins, and the
+devices a device test runs on."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from arena import testing
+
+NO_CUDA = "no CUDA device here (torch.cuda.is_available() is False): the cuda case runs where one is"
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +24,10 @@ def model():
 @pytest.fixture()
 def batch():
     return testing.attack_batch(32)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                             reason=NO_CUDA))])
+def device(request) -> torch.device:
+    """Each device a test exercises: the CPU always, CUDA where one is present (else skipped)."""
+    return torch.device(request.param)
