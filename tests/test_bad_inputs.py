@@ -131,7 +131,7 @@ FILES = [
     case("samples-negative", edit(samples=-5), "samples: Input should be greater than or equal to 1"),
     case("samples-more-than-the-test-set", edit(samples=5000),
          "samples: 5000 is more than the 450 test samples of dataset 'digits'"),
-    case("batch-size-string", edit(batch_size="64"), 'batch_size: expected a whole number, got "64"'),
+    case("batch-size-string", edit(batch_size="64"), 'batch_size: expected a whole number or "auto", got "64"'),
     case("batch-size-float", edit(batch_size=6.4), "batch_size: expected a whole number, got 6.4"),
     case("batch-size-zero", edit(batch_size=0), "batch_size: Input should be greater than or equal to 1"),
     case("match-timeout-string", edit(match_timeout="60"), 'match_timeout: expected a number, got "60"'),

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from arena.defense import TrainingConfig
 from arena.errors import describe_validation_error, did_you_mean
@@ -95,7 +96,32 @@ def _rank_by(v: Any) -> Any:
     return out
 
 
+def _batch_size(v: Any) -> Any:
+    """A whole number of samples (at least 1) per attack call, or ``"auto"``: the largest batch
+    that fits in memory, found by halving on out-of-memory errors."""
+    if v == AUTO:
+        return v
+    if isinstance(v, str):
+        raise ValueError(f'expected a whole number or "auto", got {_shown(v)}{did_you_mean(v, [AUTO])}')
+    _whole(v)
+    if v < 1:
+        raise ValueError("Input should be greater than or equal to 1")
+    return v
+
+
+def _shards(v: Any) -> Any:
+    """``"auto"`` (from each match's expected cost and the executor's parallelism) or a whole
+    number (at least 1) of shards per attack call."""
+    if v == AUTO:
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f'expected "auto" or a whole number (at least 1) of shards per attack call, got '
+                         f'{_shown(v)}' + (did_you_mean(v, [AUTO]) if isinstance(v, str) else ""))
+    return v
+
+
 TARGET_MODES = ("all", "random", "least-likely")
+AUTO = "auto"
 RANK_MEAN = "mean"
 RANK_NORMS = ("l0", "l1", "l2", "linf")
 WholeNumber = Annotated[int, BeforeValidator(_whole)]
@@ -192,11 +218,77 @@ class MetricEntry(PluginEntry):
         return self.name or self.id
 
 
+class TaskResources(Strict):
+    """What the tasks of one attack entry ask a Ray cluster for, over ``[resources]``'s defaults
+    (a key left out keeps the default)."""
+
+    num_cpus: Number | None = Field(None, gt=0, description="CPUs per task of this attack (fractions allowed)")
+    num_gpus: Number | None = Field(None, ge=0, description="GPUs per task of this attack (0.25: four share a GPU)")
+
+
+def _per_attack(value: Any) -> Any:
+    """``[resources.attacks]``: a table of ``name = { num_cpus, num_gpus }``, each checked as
+    :class:`TaskResources` checks it (so a typo names the key it meant)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table of attack entry names, each {{ num_cpus, num_gpus }}, got {_shown(value)}")
+    for name, own in value.items():
+        if not isinstance(own, dict):
+            raise ValueError(f"{name}: expected a table {{ num_cpus, num_gpus }}, got {_shown(own)}")
+        try:
+            TaskResources(**own)
+        except ValidationError as exc:
+            raise ValueError(f"{name}: {describe_validation_error(exc, TaskResources)}") from None
+    return value
+
+
 class Resources(Strict):
-    """What each Ray task asks the cluster for."""
+    """What each Ray task asks the cluster for; ``attacks``: per attack entry (by name), what its
+    match tasks (and a transfer attack's crafting) ask for instead."""
 
     num_cpus: Number = Field(1.0, gt=0)
     num_gpus: Number = Field(0.0, ge=0)
+    attacks: Annotated[dict[str, TaskResources], BeforeValidator(_per_attack)] = Field(
+        default_factory=dict, description="per attack entry name: { num_cpus, num_gpus } of its match tasks")
+
+    def for_attack(self, label: str) -> dict[str, float]:
+        """The Ray options of a task of attack entry ``label`` that differ from the defaults."""
+        own = self.attacks.get(label)
+        if own is None:
+            return {}
+        return {k: float(v) for k, v in own.model_dump().items() if v is not None}
+
+
+def _autocast(v: Any) -> Any:
+    """``"off"`` or ``"bf16"``: float16 is refused (its range makes small input gradients underflow to
+    zero, which would weaken gradient attacks without a sign)."""
+    if v in AUTOCAST_MODES and isinstance(v, str):
+        return v
+    hint = " (float16 gradients underflow; use \"bf16\")" if v in ("fp16", "float16", "half") else \
+        (did_you_mean(v, list(AUTOCAST_MODES)) if isinstance(v, str) else "")
+    raise ValueError(f"expected {' or '.join(map(json.dumps, AUTOCAST_MODES))}, got {_shown(v)}{hint}")
+
+
+AUTOCAST_MODES = ("off", "bf16")
+
+
+class Speed(Strict):
+    """``[speed]``: how every entrant's model runs once built (after training, the model cache or
+    its file), all off by default and recorded in each model row's provenance when on; see
+    :class:`arena.model.SpeedSettings` for where each applies."""
+
+    channels_last: Flag = Field(False, description="4-D weights and inputs in channels-last (NHWC) memory format")
+    compile: Flag = Field(False, description="torch.compile the forward pass (in the worker that runs it; "
+                          "eager, recorded, where compilation fails)")
+    autocast: Annotated[str, BeforeValidator(_autocast)] = Field(
+        "off", description='"bf16": forward passes under autocast to bfloat16 (attacks, judging and clean '
+        'accuracy alike; logits in float32)')
+
+    def settings(self) -> Any:
+        """The :class:`arena.model.SpeedSettings` these stand for (None: every one is off)."""
+        from arena.model import SpeedSettings
+
+        out = SpeedSettings(self.channels_last, self.compile, None if self.autocast == "off" else self.autocast)
+        return out if out.active else None
 
 
 def _training_defaults(value: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +309,11 @@ class TournamentConfig(Strict):
     architecture: PluginEntry
     seed: WholeNumber = Field(42, ge=0, le=2**32 - 1, description="seeds data splits, training and attacks")
     samples: WholeNumber = Field(100, ge=1, description="test samples attacked (at most the test set's size)")
-    batch_size: WholeNumber = Field(256, ge=1, description="samples per attack call")
+    batch_size: Annotated[int | str, BeforeValidator(_batch_size)] = Field(
+        256, description='samples per attack call, or "auto": the largest batch that fits (halved on out of memory)')
+    shards: Annotated[int | str, BeforeValidator(_shards)] = Field(
+        AUTO, description='shards per attack call (contiguous ranges of its batches run as separate tasks), or '
+        '"auto": from each match\'s expected cost against the others\' and the executor\'s parallelism')
     training: dict[str, Any] = Field(default_factory=dict, description="defaults for training-time defenses")
     match_timeout: Number | None = Field(None, gt=0, description="seconds per attack run (None: no limit)")
     save_examples: Flag = Field(False, description="keep adversarial examples next to the database")
@@ -237,6 +333,8 @@ class TournamentConfig(Strict):
         RANK_MEAN, description="how the leaderboard ranks each norm's defenses: \"mean\" worst case over the "
         "norm's budgets, or the worst case at one primary budget per norm ({ linf = 0.1, l2 = 1.0 }; a norm "
         "it does not name is ranked by the mean)")
+    speed: Speed = Field(default_factory=lambda: Speed(),
+                         description="optional speed settings of every model: channels_last, compile, autocast")
 
     @field_validator("training")
     @classmethod
@@ -253,6 +351,19 @@ class TournamentConfig(Strict):
                                  "give one a distinct 'name'")
             seen[e.label] = i
         return entries
+
+    @model_validator(mode="after")
+    def _resource_names(self) -> TournamentConfig:
+        """``[resources.attacks]`` names attack entries: an unknown name is an error at its key."""
+        labels = [a.label for a in self.attacks]
+        for name in self.resources.attacks:
+            if name not in labels:
+                message = f"no attack entry named '{name}'{did_you_mean(name, labels)}; attack entries: " + \
+                    ", ".join(labels)
+                raise ValidationError.from_exception_data("TournamentConfig", [InitErrorDetails(
+                    type=PydanticCustomError("value_error", message.replace("{", "{{").replace("}", "}}")),
+                    loc=("resources", "attacks", name), input=name)])
+        return self
 
     @field_validator("rank_by")
     @classmethod
@@ -278,12 +389,19 @@ class TournamentConfig(Strict):
         """A content hash of the validated configuration (provenance, resume); a file without
         metrics hashes as it did before metrics existed, and one that keeps the default
         ``rank_by`` as it did before ``rank_by`` existed (likewise defenses without ``paper``),
-        so their older runs still resume."""
+        so their older runs still resume. ``shards`` is never part of it (sharded and unsharded
+        runs store the same rows, so a run resumes under another setting), and
+        ``resources.attacks`` only where it is set."""
         data = self.model_dump(mode="json")
+        del data["shards"]
+        if not data["resources"]["attacks"]:
+            del data["resources"]["attacks"]
         if not data["metrics"]:
             del data["metrics"]
         if data["rank_by"] == RANK_MEAN:
             del data["rank_by"]
+        if data.get("speed") == Speed().model_dump(mode="json"):  # [speed] left out or all off
+            del data["speed"]
         for entry in data["defenses"]:
             if entry.get("paper") is None:
                 entry.pop("paper", None)

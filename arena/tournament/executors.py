@@ -6,8 +6,11 @@ Each exposes ``share(obj)`` (make a large object available to tasks once) and
 ``map(fn, jobs)``, which yields ``(key, result)`` pairs as tasks finish; a task that raised, or
 whose worker died or was killed, yields its exception instead of a result. A job is
 ``(key, args)`` or ``(key, args, options)``; options are ``timeout`` (a hard limit in seconds:
-the local executor kills the worker) and ``keep`` (``(handle, part)``: keep ``part(result)`` in
-the worker, to be shared as that handle). The driver alone writes the database.
+the local executor kills the worker), ``keep`` (``(handle, part)``: keep ``part(result)`` in
+the worker, to be shared as that handle) and ``resources`` (``{"num_cpus": 2, "num_gpus": 0.5}``:
+what the task asks a Ray cluster for instead of the executor's defaults; the other executors
+ignore it). ``parallelism`` is how many tasks the executor runs at once (sharding reads it). The
+driver alone writes the database.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class InlineExecutor:
     breakpoint works), with no protection from a plugin that exits or hangs."""
 
     name = "inline"
+    parallelism = 1
 
     def share(self, obj: Any) -> Any:
         return obj.value if isinstance(obj, Shared) else obj
@@ -55,6 +59,7 @@ class LocalExecutor:
     GPU when present."""
 
     name = "local"
+    parallelism = 1
 
     def __init__(self) -> None:
         self.pool = WorkerPool()
@@ -65,7 +70,7 @@ class LocalExecutor:
     def map(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
         for key, args, options in map(_unpack, jobs):
             try:
-                yield key, self.pool.run(fn, args, **options)
+                yield key, self.pool.run(fn, args, **{k: v for k, v in options.items() if k in POOL_OPTIONS})
             except Interrupted:  # SIGTERM to the driver, not a fault of the task
                 raise
             except Exception as exc:  # reported by the driver, never fatal to the tournament
@@ -75,8 +80,25 @@ class LocalExecutor:
         self.pool.close()
 
 
+POOL_OPTIONS = ("timeout", "keep")  # the job options a worker pool takes
+
+
+def task_options(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The Ray options of one task: the executor's ``defaults`` with the job's ``resources``
+    (``num_cpus``, ``num_gpus``: fractions pass through as they are) over them."""
+    out = dict(defaults)
+    for name, value in (options.get("resources") or {}).items():
+        if name not in ("num_cpus", "num_gpus"):
+            raise ValueError(f"unknown task resource {name!r}; tasks ask for num_cpus and num_gpus")
+        if value is not None:
+            out[name] = float(value)
+    return out
+
+
 class RayExecutor:
-    """Runs trainings and matches as Ray tasks with ``num_cpus``/``num_gpus`` each.
+    """Runs trainings and matches as Ray tasks with ``num_cpus``/``num_gpus`` each (fractions
+    allowed: ``num_gpus = 0.25`` puts four tasks on one GPU), or what a job's ``resources``
+    option asks for instead (an attack's ``[resources.attacks]`` entry).
 
     With ``address`` it joins an existing cluster; without, it starts a local one (and stops
     it on :meth:`close`). Plugins are loaded in each worker from the installed entry points.
@@ -101,12 +123,28 @@ class RayExecutor:
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise ConfigError(f"cannot start or join the Ray cluster at {address or 'local'}: {exc}") from None
 
+    @property
+    def parallelism(self) -> int:
+        """How many tasks of the default size the cluster runs at once (its CPUs over each
+        task's, and its GPUs over each task's where tasks ask for GPUs)."""
+        try:
+            total = self.ray.cluster_resources()
+        except Exception:  # a cluster that does not answer: no sharding for parallelism
+            return 1
+        counts = [total.get("CPU", 0.0) / self.options["num_cpus"]] if self.options["num_cpus"] else []
+        if self.options["num_gpus"]:
+            counts.append(total.get("GPU", 0.0) / self.options["num_gpus"])
+        return max(1, int(min(counts) + 1e-9)) if counts else 1
+
     def share(self, obj: Any) -> Any:
         return self.ray.put(obj.value if isinstance(obj, Shared) else obj)
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
         remote = self.ray.remote(**self.options)(fn)
-        pending = {remote.remote(*args): key for key, args, _ in map(_unpack, jobs)}
+        pending = {}
+        for key, args, options in map(_unpack, jobs):
+            own = task_options(self.options, options)
+            pending[(remote.options(**own) if own != self.options else remote).remote(*args)] = key
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:

@@ -4,6 +4,13 @@
 process or in a Ray worker; the driver alone writes the database. A plugin that raises,
 returns NaN, exceeds its query budget or its time limit fails its own match only: the rows say
 why and the tournament goes on.
+
+A sharded match (:mod:`arena.tournament.shards`) runs as several tasks, each a range of one
+attack call's batches (:func:`run_shard`, reached through :func:`run_match` when the spec names
+a shard); the driver merges them (:func:`merge_shards`) into the rows one task would store.
+``batch_size = "auto"`` starts an attack call with every attacked row in one batch (at most
+:data:`~arena.tournament.shards.AUTO_BATCH_MAX`) and halves the batch on an out-of-memory
+error until the call fits (:func:`_attack_sized`); the size used is in each row's provenance.
 """
 from __future__ import annotations
 
@@ -22,13 +29,15 @@ from arena import isolation
 from arena.attack import merge_details
 from arena.data import DataSplits, Split
 from arena.defense import Defense, DetectorDefense
-from arena.errors import ArenaError
+from arena.errors import ArenaError, Interrupted
 from arena.metric import MatchInputs, evaluate
 from arena.model import default_device, seeded, torch_threads_for
 from arena.threat import within
 from arena.training import judged, predict
 from arena.tournament.plan import AttackPlan, View
 from arena.tournament.records import metric_row
+from arena.tournament.shards import (AUTO, AUTO_BATCH_MAX, Shard, attacked, batch_count, samples_per_batch,
+                                     targets_per_sample)
 from arena.tournament.store import MatchRow, encode_mask
 
 
@@ -57,7 +66,7 @@ class MatchSpec:
     attack: AttackPlan
     budgets: tuple[float, ...]
     seed: int
-    batch_size: int
+    batch_size: int | str  # samples per attack call, or "auto" (the largest that fits)
     timeout: float | None = None
     save_examples: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -66,12 +75,26 @@ class MatchSpec:
     # cascade: per budget, the evaluated samples still robust after the earlier attacks (None: all)
     survivors: dict[float, torch.Tensor] | None = None
     metrics: tuple[Any, ...] = ()  # the match metrics (MetricPlans) measured on this match
+    shard: Shard | None = None  # one shard of the match: a range of one attack call's batches
 
 
 @dataclass
 class MatchOutcome:
     rows: list[MatchRow]
     examples: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class ShardOutcome:
+    """What one shard of a match brings back: its per-sample tensors (``part``: see
+    :func:`_attack`) or why it failed (``status`` failed / timed-out, ``error``), and its time."""
+
+    shard: Shard
+    status: str
+    error: str | None
+    part: dict[str, Any] | None
+    seconds: float
+    started: float
 
 
 @contextmanager
@@ -93,35 +116,183 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_match(entrant: Entrant, spec: MatchSpec, data: Split, splits: DataSplits | None = None) -> MatchOutcome:
+def run_match(entrant: Entrant, spec: MatchSpec, data: Split,
+              splits: DataSplits | None = None) -> MatchOutcome | ShardOutcome:
     """Run ``spec`` against ``entrant`` on the evaluation ``data``; never raises for plugin faults.
-    ``splits``: the tournament's data, for match metrics that need the training split."""
+    ``splits``: the tournament's data, for match metrics that need the training split. A spec
+    that names a shard runs only that shard (:func:`run_shard`)."""
+    if spec.shard is not None:
+        return run_shard(entrant, spec, data)
     device = default_device()
     entrant.model.to(device)
     rows, examples = [], {}
     for eps, served in spec.attack.runs(spec.budgets):
         started, t0 = time.time(), time.perf_counter()
+        size = None
         try:
             with time_limit(spec.timeout), torch_threads_for(entrant.model), isolation.setting(spec.isolate):
-                out = _attack(entrant, eps, served, spec, data, device)
+                out, size = _attack_sized(entrant, eps, served, spec, data, device)
             status, error = "ok", None
+        except Interrupted:  # SIGTERM to the process running it (inline): the run stops, the match is not failed
+            raise
         except MatchTimeout as exc:
             out, status, error = None, "timed-out", str(exc)
         except Exception as exc:  # one plugin's failure fails its own match only
-            out, status, error = None, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+            out, status, error = None, "failed", _first_line(exc)
         wall = (time.perf_counter() - t0) / len(served)
         for budget in served:
             row = _row(entrant.label, spec, budget, status, error, wall, started)
+            if size is not None:
+                row.provenance = {**row.provenance, "batch_size": size}
             if out is not None:
                 _score(row, out, budget, entrant, spec.judge_passes)
                 row.metrics = match_metrics(entrant, spec, budget, out, data, splits, device)
             rows.append(row)
         if out is not None and spec.save_examples:
-            examples["min" if eps is None else f"{eps:g}"] = out["x_adv"]
-            examples["index"] = out["row_index"]
-            if out["targets"] is not None:
-                examples["targets"] = out["targets"]
+            _examples(examples, eps, out)
     return MatchOutcome(rows, examples or None)
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _examples(examples: dict[str, torch.Tensor], eps: float | None, out: dict[str, Any]) -> None:
+    examples["min" if eps is None else f"{eps:g}"] = out["x_adv"]
+    examples["index"] = out["row_index"]
+    if out["targets"] is not None:
+        examples["targets"] = out["targets"]
+
+
+def run_shard(entrant: Entrant, spec: MatchSpec, data: Split) -> ShardOutcome:
+    """One shard of a match: batches ``[start, stop)`` of the attack call at ``spec.shard.eps``,
+    each with its global seed (the target draws of the batches before ``start`` replayed, not
+    attacked), under the match's time limit for one call; never raises for plugin faults."""
+    shard = spec.shard
+    assert shard is not None
+    device = default_device()
+    entrant.model.to(device)
+    served = next(s for e, s in spec.attack.runs(spec.budgets) if e == shard.eps)
+    started, t0 = time.time(), time.perf_counter()
+    try:
+        with time_limit(spec.timeout), torch_threads_for(entrant.model), isolation.setting(spec.isolate):
+            part = _attack(entrant, shard.eps, served, spec, data, device, int(spec.batch_size),
+                           (shard.start, shard.stop))
+        if part["batches"] != shard.batches:
+            raise ArenaError(f"the shard expected {shard.batches} batches in the attack call, it has "
+                             f"{part['batches']}")
+        part.pop("survivors", None)
+        part.pop("details", None)
+        status, error = "ok", None
+    except Interrupted:
+        raise
+    except MatchTimeout as exc:
+        part, status, error = None, "timed-out", str(exc)
+    except Exception as exc:  # one plugin's failure fails its own match only
+        part, status, error = None, "failed", _first_line(exc)
+    return ShardOutcome(shard, status, error, part, time.perf_counter() - t0, started)
+
+
+def merge_shards(entrant: Entrant, spec: MatchSpec, pieces: list[ShardOutcome]) -> MatchOutcome:
+    """The rows (and examples) of a sharded match from its shards, as :func:`run_match` stores
+    them unsharded: each call's shards concatenated in batch order and scored by :func:`_score`
+    (details merged batch after batch); a call with a shard that failed fails its rows with the
+    error of the first such shard in batch order. ``entrant`` needs only ``clean_correct`` and
+    ``model`` (whether it is randomised): the driver merges, it runs no model. The rows'
+    provenance says how many shards each call ran as (``shards``)."""
+    rows, examples = [], {}
+    for eps, served in spec.attack.runs(spec.budgets):
+        mine = sorted((p for p in pieces if p.shard.eps == eps), key=lambda p: p.shard.start)
+        started = min((p.started for p in mine), default=time.time())
+        wall = sum(p.seconds for p in mine) / len(served)
+        bad = next((p for p in mine if p.status != "ok"), None)
+        if not mine:
+            bad = ShardOutcome(Shard(eps, 0, 0, 0), "failed", "no shard of the attack call ran", None, 0.0, started)
+        out = None if bad is not None else _concat([p.part for p in mine], spec)
+        for budget in served:
+            status, error = ("ok", None) if bad is None else (bad.status, bad.error)
+            row = _row(entrant.label, spec, budget, status, error, wall, started)
+            row.provenance = {**row.provenance, "shards": len(mine)}
+            if out is not None:
+                _score(row, out, budget, entrant, spec.judge_passes)
+            rows.append(row)
+        if out is not None and spec.save_examples:
+            _examples(examples, eps, out)
+    return MatchOutcome(rows, examples or None)
+
+
+def _concat(parts: list[dict[str, Any]], spec: MatchSpec) -> dict[str, Any]:
+    """One call's shards as the output of one unsharded :func:`_attack`."""
+    first = parts[0]
+    for p in parts[1:]:
+        if not torch.equal(p["idx"], first["idx"]):
+            raise ArenaError("the shards of an attack call attacked different samples")
+    cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
+    details = None
+    for p in parts:
+        for d in p["batch_details"]:
+            details = merge_details(details, d)
+    return {"idx": first["idx"], "queries": cat("queries"), "x_rows": cat("x_rows"), "y_rows": cat("y_rows"),
+            "x_adv": cat("x_adv"), "row_index": cat("row_index"),
+            "targets": None if first["targets"] is None else cat("targets"), "details": details,
+            "survivors": spec.survivors,
+            "judged": {b: {k: torch.cat([p["judged"][b][k] for p in parts]) for k in j}
+                       for b, j in first["judged"].items()}}
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says memory ran out: ``torch.OutOfMemoryError`` (CUDA and other
+    accelerators), or a ``RuntimeError`` of the CPU allocator ("can't allocate memory", "out of
+    memory"); an error crossing from the attacker process is told by its type name."""
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    if any(t.__name__ == "OutOfMemoryError" for t in type(exc).__mro__):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and ("out of memory" in text or
+                                                             "can't allocate memory" in text)
+
+
+def auto_batch(entrant: Entrant, served: tuple[float, ...], spec: MatchSpec, data: Split,
+               device: torch.device) -> int:
+    """The first batch size ``"auto"`` tries for an attack call: all its attacked rows (samples
+    × targets per sample), at most :data:`~arena.tournament.shards.AUTO_BATCH_MAX`."""
+    n = int(attacked(entrant.clean_correct, spec.survivors, served).sum())
+    per = 1
+    if spec.attack.targets is not None and n:
+        with torch.no_grad():  # one sample tells the class count
+            k = int(predict(entrant.model, data.x[:1].to(device)).shape[1])
+        per = targets_per_sample(spec.attack.targets, k)
+    return max(1, min(n * per, AUTO_BATCH_MAX))
+
+
+def _attack_sized(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec: MatchSpec, data: Split,
+                  device: torch.device) -> tuple[dict[str, Any], int | None]:
+    """:func:`_attack` at the spec's batch size; with ``"auto"``, from :func:`auto_batch` down,
+    halving the whole call again on an out-of-memory error (so the result is that of a fixed
+    batch size of the size returned)."""
+    if spec.batch_size != AUTO:
+        return _attack(entrant, eps, served, spec, data, device, int(spec.batch_size)), None
+    size = auto_batch(entrant, served, spec, data, device)
+    while True:
+        try:
+            return _attack(entrant, eps, served, spec, data, device, size), size
+        except Exception as exc:
+            if size <= 1 or not out_of_memory(exc):
+                raise
+        size //= 2
+        _free(device)
+
+
+def _free(device: torch.device) -> None:
+    """What an out-of-memory error left in the CUDA allocator's cache, given back before the next
+    try (on the CPU the tensors of the failed try are freed as their references go)."""
+    if device.type == "cuda":
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------- judging
@@ -163,33 +334,41 @@ def _per_sample(values: torch.Tensor, owner: torch.Tensor, n: int, how: str) -> 
 
 
 def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec: MatchSpec,
-            data: Split, device: torch.device) -> dict[str, Any]:
-    """Attack the correctly classified samples in batches and judge the examples on the full
-    defended model at every budget ``served`` (:func:`_judge_rows`); per sample: broken at each
-    budget, distance, queries; per row (a sample and a target): the examples."""
+            data: Split, device: torch.device, batch_size: int,
+            span: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Attack the correctly classified samples in batches of ``batch_size`` and judge the
+    examples on the full defended model at every budget ``served`` (:func:`_judge_rows`); per
+    sample: broken at each budget, distance, queries; per row (a sample and a target): the
+    examples. ``span``: only the batches ``[start, stop)`` (a shard), the target draws of the
+    batches before it replayed without attacking them. ``batches``: the call's batch count;
+    ``batch_details``: each attacked batch's details (``details``: merged)."""
     plan = spec.attack
     attack, mode = plan.attack, plan.targets
     victim = entrant.base if plan.view.off_target else entrant.model
     gray = plan.view.kind is View.GRAY_BOX
-    attackable = entrant.clean_correct.clone()
-    if spec.survivors is not None:  # a cascade attacks what the earlier attacks left robust
-        attackable &= torch.stack([spec.survivors[b] for b in served]).any(0)
-    idx = torch.nonzero(attackable).flatten()
-    step, clean = spec.batch_size, None
+    # a cascade attacks what the earlier attacks left robust
+    idx = torch.nonzero(attacked(entrant.clean_correct, spec.survivors, served)).flatten()
+    step, clean = batch_size, None
     if mode is not None:  # the clean logits pick the targets (least-likely) and tell the class count
         with seeded(spec.seed, device), torch.no_grad():
-            clean = predict(entrant.model, data.x[idx].to(device), spec.batch_size).cpu()
-        per = clean.shape[1] - 1 if mode == "all" else 1 if mode in ("random", "least-likely") else int(mode)
-        step = max(1, spec.batch_size // per)  # rows, not samples, fill a batch
+            clean = predict(entrant.model, data.x[idx].to(device), batch_size).cpu()
+        step = samples_per_batch(batch_size, mode, clean.shape[1])  # rows, not samples, fill a batch
+    first, stop = span if span is not None else (0, batch_count(len(idx), step))
     generator = torch.Generator().manual_seed(spec.seed)
-    details: dict[str, Any] | None = None  # the attack's own account of its work, over all batches
+    batch_details: list[dict[str, Any] | None] = []  # the attack's own account of its work, per batch
     parts: dict[str, list[Any]] = {k: [] for k in ("x_adv", "owner", "targets", "queries", "x_rows", "y_rows")}
     judged: dict[float, dict[str, list[torch.Tensor]]] = {
         b: {"broken": [], "hit": [], "correct": [], "distance": [], "rows": [], "x_adv": [], "row_distance": []}
         for b in served}
     keep_rows = bool(spec.metrics)  # match metrics read every row's example as judged
     for b, start in enumerate(range(0, len(idx), step)):
+        if b >= stop:
+            break
         sel = idx[start:start + step]
+        if b < first:  # an earlier shard's batch: only its target draws, so that later batches draw the same
+            if mode is not None:
+                choose_targets(mode, clean[start:start + step], data.y[sel], generator)
+            continue
         x, y = data.x[sel].to(device), data.y[sel].to(device)
         owner, targets = torch.arange(len(sel)), None
         if mode is not None:
@@ -216,7 +395,7 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
                 far = torch.where(broken, distance, torch.full_like(distance, float("inf"))).cpu().float()
                 j["distance"].append(_per_sample(far, owner, len(sel), "min"))
         parts["queries"].append(_per_sample(result.queries.cpu(), owner, len(sel), "sum"))
-        details = merge_details(details, result.details)
+        batch_details.append(result.details)
         parts["owner"].append(sel[owner])
         parts["targets"].append(None if targets is None else targets.cpu())
         if keep_rows:
@@ -227,10 +406,14 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
     cat = lambda v, dtype=torch.float32: torch.cat(v) if v else torch.empty(0, dtype=dtype)  # noqa: E731
     kinds = {"broken": torch.bool, "hit": torch.bool, "correct": torch.float32, "distance": torch.float32,
              "rows": torch.bool, "x_adv": torch.float32, "row_distance": torch.float32}
+    details: dict[str, Any] | None = None
+    for d in batch_details:
+        details = merge_details(details, d)
     return {"idx": idx, "queries": cat(parts["queries"], torch.long),
             "x_rows": cat(parts["x_rows"]), "y_rows": cat(parts["y_rows"], torch.long),
             "x_adv": cat(parts["x_adv"]), "row_index": cat(parts["owner"], torch.long),
             "targets": None if mode is None else cat(parts["targets"], torch.long), "details": details,
+            "batch_details": batch_details, "batches": batch_count(len(idx), step),
             "survivors": spec.survivors,
             "judged": {b: {k: cat(v, kinds[k]) for k, v in j.items()} for b, j in judged.items()}}
 
@@ -314,20 +497,37 @@ def failed_rows(defense: str, plan: AttackPlan, budgets: tuple[float, ...], reas
 
 def craft_transfer(surrogate: Entrant, spec: MatchSpec, data: Split) -> dict[float, Any]:
     """Transfer examples crafted once on ``surrogate`` for every evaluated sample and budget:
-    ``{budget: (x_adv, distance)}``, or ``{budget: error text}`` where crafting failed."""
+    ``{budget: (x_adv, distance)}`` (``batch_size = "auto"``: ``(x_adv, distance, size)``), or
+    ``{budget: error text}`` where crafting failed."""
     device = default_device()
     surrogate.model.to(device)
     attack = spec.attack.attack
+
+    def craft(eps: float | None, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [attack(surrogate.model, data.x[i:i + size].to(device), data.y[i:i + size].to(device), eps,
+                        seed=spec.seed + b)
+                 for b, i in enumerate(range(0, len(data), size))]
+        return torch.cat([p.x_adv.cpu() for p in parts]), torch.cat([p.distance.cpu() for p in parts])
+
     crafted: dict[float, Any] = {}
     for eps, served in spec.attack.runs(spec.budgets):
         try:
             with time_limit(spec.timeout), isolation.setting(spec.isolate):
-                parts = [attack(surrogate.model, data.x[i:i + spec.batch_size].to(device),
-                                data.y[i:i + spec.batch_size].to(device), eps, seed=spec.seed + b)
-                         for b, i in enumerate(range(0, len(data), spec.batch_size))]
-            result: Any = (torch.cat([p.x_adv.cpu() for p in parts]), torch.cat([p.distance.cpu() for p in parts]))
+                if spec.batch_size != AUTO:
+                    result: Any = craft(eps, int(spec.batch_size))
+                else:
+                    size = max(1, min(len(data), AUTO_BATCH_MAX))
+                    while True:
+                        try:
+                            result = (*craft(eps, size), size)
+                            break
+                        except Exception as exc:
+                            if size <= 1 or not out_of_memory(exc):
+                                raise
+                        size //= 2
+                        _free(device)
         except Exception as exc:  # the crafting failure fails every defense's match, nothing else
-            result = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            result = _first_line(exc)
         crafted.update({budget: result for budget in served})
     return crafted
 
@@ -353,6 +553,8 @@ def score_transfer(entrant: Entrant, spec: MatchSpec, crafted: dict[float, Any],
         broken = (~correct).cpu() & within(distance, budget)
         fraction = torch.where(within(distance, budget), fraction.cpu(), torch.ones_like(fraction.cpu()))
         row = _row(entrant.label, spec, budget, "ok", None, 0.0, started)
+        if len(item) > 2:  # the batch size "auto" crafted with
+            row.provenance = {**row.provenance, "batch_size": item[2]}
         far = torch.where(broken, distance, torch.full_like(distance, float("inf")))
         out = {"idx": idx, "queries": torch.zeros(len(idx), dtype=torch.long), "targets": None,
                "x_rows": data.x[idx], "y_rows": data.y[idx], "row_index": idx,

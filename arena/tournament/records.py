@@ -152,6 +152,23 @@ class MatchRecord:
 
 
 @dataclass(frozen=True)
+class ShardRecord:
+    """A finished shard of a sharded match not yet stored as rows: batches ``[start, stop)`` of
+    the attack call ``call`` (``min`` or the budget's repr), what it stands on (``key``) and its
+    tensors (``result``: :func:`arena.tournament.shards.encode`)."""
+
+    run_id: int
+    defense: str
+    attack: str
+    call: str
+    start: int
+    stop: int
+    key: str
+    result: bytes
+    seconds: float | None
+
+
+@dataclass(frozen=True)
 class Lease:
     """Who is running a run: process ``pid`` on ``host`` (``process``: its start time there, to
     tell a reused pid), holding it since ``since``, last heard from at ``heartbeat``."""
@@ -199,6 +216,12 @@ def match_record(r: sqlite3.Row) -> MatchRecord:
         mean_queries=r["mean_queries"], robust_mask=None if mask is None else tuple(decode_mask(mask)),
         error=r["error"], wall_seconds=r["wall_seconds"], started=r["started"], finished=r["finished"],
         provenance=provenance, key=_key(r))
+
+
+def shard_record(r: sqlite3.Row) -> ShardRecord:
+    return ShardRecord(run_id=r["run_id"], defense=r["defense"], attack=r["attack"], call=r["call"],
+                       start=r["start"], stop=r["stop"], key=r["key"], result=bytes(r["result"]),
+                       seconds=r["seconds"])
 
 
 def _key(r: sqlite3.Row) -> str | None:

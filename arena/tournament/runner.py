@@ -6,6 +6,14 @@ are computed once per model, samples already misclassified are not attacked, one
 minimal-perturbation attack serves every budget, and ``resume`` skips finished matches and
 entrants that no unfinished match needs.
 
+Sharded matches (:mod:`arena.tournament.shards`). A match whose attack calls have several
+batches can run as several tasks, each a contiguous range of one call's batches, merged by the
+driver into exactly the rows one task stores: ``shards = N`` in the file splits every call into
+N, ``"auto"`` (the default) only the calls whose expected cost exceeds a balanced task's share
+(every pending match's expected cost over the executor's parallelism), so that a run of many
+matches, or on one worker, runs as before. Each finished shard is stored (the ``shards``
+table) until its match's rows are, and ``resume`` runs only the missing ones.
+
 Incremental tournaments. Every model and match row is stored with its key
 (:mod:`arena.tournament.identity`: what determines the result). A new run first copies into
 itself each result that an earlier run of the database stored under the same key (``ok`` rows
@@ -16,7 +24,7 @@ a defense, an attack or a budget to a file runs exactly the new matches. ``reuse
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +37,32 @@ from arena.tournament import identity
 from arena.model import default_device
 from arena.tournament.entrants import EntrantSpec, Prepared, prepare, providers
 from arena.tournament.executors import InlineExecutor, LocalExecutor, RayExecutor
-from arena.tournament.matches import (Entrant, MatchOutcome, MatchSpec, craft_transfer, failed_rows, run_match,
-                                      score_transfer)
+from arena.tournament.matches import (Entrant, MatchOutcome, MatchSpec, ShardOutcome, craft_transfer, failed_rows,
+                                      merge_shards, run_match, score_transfer)
 from arena.tournament.plan import AttackPlan, DefensePlan, Plan, check_architectures, check_samples
-from arena.tournament.progress import Output, Progress
+from arena.tournament.progress import Output, Progress, match_units
 from arena.tournament.provenance import provenance
+from arena.tournament.shards import (AUTO, AUTO_EVAL_BATCH, Shard, attacked, batch_count, call_name, decode, encode,
+                                     missing, piece_key, ranges, samples_per_batch, shard_count)
 from arena.tournament.store import Store, model_basis
 from arena.tournament.workers import Shared
 
 Todo = dict[str, list[tuple[AttackPlan, tuple[float, ...]]]]
+
+
+@dataclass
+class Sharded:
+    """A match that runs as shards: what is left to run, what has come back (or was stored by
+    an interrupted run), and the key each of its calls' shards are stored under."""
+
+    label: str
+    attack: AttackPlan
+    spec: MatchSpec
+    keys: dict[str, str]  # call name -> piece key (shards.piece_key)
+    todo: list[Shard] = field(default_factory=list)
+    pieces: list[ShardOutcome] = field(default_factory=list)
+    waiting: int = 0
+    done: bool = False
 
 
 class Runner:
@@ -173,7 +198,8 @@ class Runner:
         for defense in level:
             code = providers(self.registry, defenses=defense.id, architectures=defense.architecture.id,
                              datasets=self.plan.dataset.id)
-            spec = EntrantSpec(defense, self.plan.dataset, cfg.seed, cfg.batch_size, self.cache_root, code,
+            batch = AUTO_EVAL_BATCH if cfg.batch_size == AUTO else cfg.batch_size
+            spec = EntrantSpec(defense, self.plan.dataset, cfg.seed, batch, self.cache_root, code,
                                judge_passes=cfg.judge_passes, metrics=self.plan.metrics_for(defense.label))
             parents = tuple(self.shared[r] for r in defense.parents if r in self.shared)
             handles[defense.label] = Shared.of(None).id  # the worker keeps the entrant it built
@@ -197,17 +223,152 @@ class Runner:
         # every match at once; in a cascade, one attack after the other (each defense in parallel)
         waves = [[a] for a in direct] if self.plan.config.cascade else [direct]
         for wave in waves:
-            jobs = []
+            items = []
             for label in labels:
                 for attack, budgets in todo.get(label, []):
                     if attack in wave:
                         spec = self._spec(attack, budgets, label)
                         if self.plan.config.cascade:
                             spec = replace(spec, survivors=self._survivors(label, attack, budgets))
-                        jobs.append(((label, attack), (self.shared[label], spec, *_data(spec, shared)),
-                                     _limit(spec)))
-            for (label, attack), outcome in self.executor.map(run_match, self.bar.feed("match", jobs)):
-                self._store_outcome(label, attack, todo, outcome)
+                        items.append((label, attack, spec))
+            sharded = self._shard(items)
+            for match in sharded.values():
+                if not match.todo:  # every shard stored by the interrupted run: merged at once
+                    self._merge(match, todo)
+            for key, outcome in self.executor.map(run_match, self._match_jobs(items, sharded, shared)):
+                label, attack = key[0], key[1]
+                match = sharded.get((label, attack.label))
+                if match is None:
+                    self._store_outcome(label, attack, todo, outcome)
+                else:
+                    self._shard_done(match, outcome, todo)
+
+    # ------------------------------------------------------------- sharded matches
+    def _shard(self, items: list[tuple[str, AttackPlan, MatchSpec]]) -> dict[tuple[str, str], Sharded]:
+        """The matches of ``items`` that run as shards, each with the shards left to run and
+        those an interrupted run stored. A match is sharded when one of its attack calls gets
+        more than one shard (:func:`~arena.tournament.shards.shard_count`: the file's
+        ``shards``, or from its expected cost against every match of ``items`` and the
+        executor's parallelism), or when an interrupted run stored shards of it (whatever the
+        setting now: they are used); matches with match metrics, transfer attacks and
+        ``batch_size = "auto"`` run whole."""
+        cfg = self.plan.config
+        if cfg.batch_size == AUTO or not items:
+            return {}
+        stored = self.store.sharded_matches(self.run_id)
+        if cfg.shards == 1 and not stored:
+            return {}
+        k = int(getattr(self.data, "num_classes", 10) or 10)
+        calls: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        total = 0.0
+        for label, attack, spec in items:
+            entrant, plan = self.entrants[label], []
+            for eps, served in attack.runs(spec.budgets):
+                mask = attacked(entrant.clean_correct, spec.survivors, served)
+                n, step = int(mask.sum()), samples_per_batch(int(cfg.batch_size), attack.targets, k)
+                units = match_units(attack, served, n, k)
+                plan.append((eps, served, mask, batch_count(n, step), step, units))
+                total += units
+            calls[(label, attack.label)] = plan
+        parallelism = int(getattr(self.executor, "parallelism", 1) or 1)
+        target = total / parallelism if parallelism > 1 else None
+        out: dict[tuple[str, str], Sharded] = {}
+        for label, attack, spec in items:
+            if spec.metrics or attack.view.surrogate is not None:
+                continue
+            plan = calls[(label, attack.label)]
+            counts = [shard_count(cfg.shards, units, nb, target) for (_, _, _, nb, _, units) in plan]
+            if max(counts) <= 1 and (label, attack.label) not in stored:
+                continue
+            out[(label, attack.label)] = self._pieces(label, attack, spec, plan, counts)
+        return out
+
+    def _pieces(self, label: str, attack: AttackPlan, spec: MatchSpec, plan: list[tuple[Any, ...]],
+                counts: list[int]) -> Sharded:
+        """The shards of one match: per call, its planned ranges less those stored under the same
+        key by an interrupted run of this run id (taken as they are)."""
+        entrant = self.entrants[label]
+        basis = model_basis(entrant.cache_key, entrant.clean_correct)
+        stored = self.store.shards(self.run_id, label, attack.label)
+        match = Sharded(label, attack, spec, {})
+        for (eps, served, mask, nb, step, _), count in zip(plan, counts):
+            name = call_name(eps)
+            key = piece_key([self.keys.matches.get((label, attack.label, b)) for b in served], served, basis, mask,
+                            int(self.plan.config.batch_size), step)
+            match.keys[name] = key
+            parts = {}
+            for r in stored:
+                if r.call == name and r.key == key:
+                    try:
+                        parts[(r.start, r.stop)] = (decode(r.result), r.seconds or 0.0)
+                    except Exception:  # an unreadable stored shard is run again
+                        continue
+            keep, todo = missing(ranges(nb, count), list(parts))
+            for start, stop in keep:
+                part, seconds = parts[(start, stop)]
+                match.pieces.append(ShardOutcome(Shard(eps, start, stop, nb), "ok", None, part, seconds, time.time()))
+            match.todo += [Shard(eps, start, stop, nb) for start, stop in todo]
+        match.waiting = len(match.todo)
+        return match
+
+    def _match_jobs(self, items: list[tuple[str, AttackPlan, MatchSpec]], sharded: dict[tuple[str, str], Sharded],
+                    shared: tuple[Any, Any]) -> Any:
+        """The tasks of ``items``: one per unsharded match, one per shard left to run. The progress
+        sees the first task of each match start (a match counts once, however many shards); an
+        executor that takes tasks one at a time skips the shards of a match that crashed already."""
+        for label, attack, spec in items:
+            match = sharded.get((label, attack.label))
+            if match is None:
+                yield from self.bar.feed("match", [((label, attack), (self.shared[label], spec, *_data(spec, shared)),
+                                                    self._options(spec))])
+                continue
+            for i, shard in enumerate(match.todo):
+                if match.done:
+                    break
+                piece = replace(spec, shard=shard)
+                job = ((label, attack, shard), (self.shared[label], piece, shared[1]), self._options(piece))
+                if i == 0:
+                    yield from self.bar.feed("match", [job])
+                else:
+                    yield job
+
+    def _shard_done(self, match: Sharded, outcome: Any, todo: Todo) -> None:
+        """A shard came back: stored (when it ran), and the match merged once every shard is in;
+        a shard whose task crashed (a dead worker, a hard time limit) fails the whole match."""
+        if match.done:
+            return
+        if not isinstance(outcome, ShardOutcome):
+            match.done = True
+            self._store_outcome(match.label, match.attack, todo, outcome)
+            self.store.forget_shards(self.run_id, match.label, match.attack.label)
+            return
+        match.pieces.append(outcome)
+        if outcome.status == "ok" and outcome.part is not None:
+            shard = outcome.shard
+            self.store.save_shard(self.run_id, match.label, match.attack.label, shard.call, shard.start, shard.stop,
+                                  match.keys[shard.call], encode(outcome.part), outcome.seconds)
+        match.waiting -= 1
+        if match.waiting <= 0:
+            self._merge(match, todo)
+
+    def _merge(self, match: Sharded, todo: Todo) -> None:
+        """Every shard of ``match`` is in: its rows stored, its shards forgotten."""
+        match.done = True
+        try:
+            outcome: Any = merge_shards(self.entrants[match.label], match.spec, match.pieces)
+        except Exception as exc:  # shards that do not fit together fail their match, not the run
+            outcome = exc
+        self._store_outcome(match.label, match.attack, todo, outcome)
+        self.store.forget_shards(self.run_id, match.label, match.attack.label)
+
+    def _options(self, spec: MatchSpec) -> dict[str, Any]:
+        """A task's options: its hard time limit, and what its attack asks a Ray cluster for
+        (``[resources.attacks]``)."""
+        options = _limit(spec)
+        own = self.plan.config.resources.for_attack(spec.attack.label)
+        if own:
+            options["resources"] = own
+        return options
 
     def _survivors(self, label: str, attack: AttackPlan, budgets: tuple[float, ...]) -> dict[float, torch.Tensor]:
         """Per budget, the evaluated samples that every earlier (direct) attack of ``attack``'s
@@ -241,7 +402,7 @@ class Runner:
         jobs = []
         for name, (a, b, _) in wanted.items():
             spec = self._spec(a, tuple(sorted(b)), a.view.surrogate)
-            jobs.append((name, (self.shared[a.view.surrogate], spec, shared[1]), _limit(spec)))
+            jobs.append((name, (self.shared[a.view.surrogate], spec, shared[1]), self._options(spec)))
         for name, crafted in self.executor.map(craft_transfer, self.bar.feed("craft", jobs)):
             attack, _, labels = wanted[name]
             scoring = []
@@ -311,8 +472,9 @@ def _data(spec: MatchSpec, shared: tuple[Any, Any]) -> tuple[Any, ...]:
 
 
 def _limit(spec: MatchSpec) -> dict[str, Any]:
-    """The task options of a match: a hard time limit when the match has a soft one."""
+    """The task options of a match: a hard time limit when the match has a soft one (per
+    attack call it runs: a shard runs part of one)."""
     if spec.timeout is None:
         return {}
-    calls = len(spec.attack.runs(spec.budgets))
+    calls = 1 if spec.shard is not None else len(spec.attack.runs(spec.budgets))
     return {"timeout": spec.timeout * calls + max(GRACE, 0.2 * spec.timeout)}

@@ -30,6 +30,25 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (run_id, metric, defense, attack, budget)
 )"""
 
+# A sharded match's finished shards (arena.tournament.shards), kept until the match's rows are
+# stored so that --resume runs only the missing ones: ``call`` is the attack call ('min' or the
+# budget's repr), ``start``/``stop`` the range of its batches, ``key`` what the shard stands on
+# (shards.piece_key), ``result`` its tensors (shards.encode).
+SHARDS = """
+CREATE TABLE IF NOT EXISTS shards (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    defense TEXT NOT NULL,
+    attack TEXT NOT NULL,
+    call TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    stop INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    result BLOB NOT NULL,
+    seconds REAL,
+    stored REAL,
+    PRIMARY KEY (run_id, defense, attack, call, start, stop, key)
+)"""
+
 # Reuse looks results up by key (:mod:`arena.tournament.identity`).
 KEY_INDEXES = """
 CREATE INDEX IF NOT EXISTS models_by_key ON models (key);
@@ -90,7 +109,7 @@ CREATE TABLE IF NOT EXISTS matches (
     key TEXT,
     PRIMARY KEY (run_id, defense, attack, budget)
 );
-""" + LEASES + METRICS + ";\n" + KEY_INDEXES
+""" + LEASES + METRICS + ";\n" + KEY_INDEXES + SHARDS + ";\n"
 
 # Columns that unversioned (user_version 0) databases may lack: they were added on open, before
 # the schema had a version.
@@ -138,6 +157,12 @@ def _to_v4(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _to_v5(conn: sqlite3.Connection) -> None:
+    """Version 4 -> 5: the ``shards`` table (finished shards of sharded matches not yet stored
+    as rows, for ``--resume``)."""
+    conn.execute(SHARDS)
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3, _to_v4)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3, _to_v4, _to_v5)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -28,6 +28,11 @@ it while it is open). Every open runs ``PRAGMA quick_check``: a damaged file, a 
 database, a database of another program or an unopenable path is a one-line ConfigError naming
 the file, as is any later SQLite failure; nothing is ever written into such a file.
 
+Shards. A sharded match (:mod:`arena.tournament.shards`) stores each finished shard's tensors in
+the ``shards`` table (:meth:`Store.save_shard`) until its rows are stored
+(:meth:`Store.forget_shards`), so that ``--resume`` runs only the missing shards; a finished
+run keeps none.
+
 The schema (:mod:`arena.tournament.schema`) is versioned with ``PRAGMA user_version``: a new
 file is created at :data:`SCHEMA_VERSION`; an older one is migrated on a writable open, one step of
 :data:`MIGRATIONS` at a time, inside one transaction; a read-only open migrates an in-memory
@@ -47,12 +52,12 @@ from typing import Any, TypeVar
 from arena.errors import ConfigError
 from arena.tournament import leases
 from arena.tournament.records import (Lease, MatchRecord, MatchRow, MetricRecord, ModelRecord, RunRecord,
-                                      decode_mask, encode_mask, mask_text, match_record, metric_record,
-                                      model_record, run_record, threat_model_of)
+                                      ShardRecord, decode_mask, encode_mask, mask_text, match_record, metric_record,
+                                      model_record, run_record, shard_record, threat_model_of)
 from arena.tournament.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, columns
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Lease", "MatchRecord", "MatchRow", "MetricRecord", "ModelRecord",
-           "RunRecord", "Store",
+           "RunRecord", "ShardRecord", "Store",
            "decode_mask", "encode_mask", "threat_model_of"]
 
 T = TypeVar("T")
@@ -278,9 +283,12 @@ class Store:
             return leases.held(self.conn, run_id)
 
     def finish_run(self, run_id: int, finished: float, status: str = "finished") -> None:
-        """Mark the run finished (or ``status``) and release its lease."""
+        """Mark the run finished (or ``status``) and release its lease; a finished run keeps no
+        shards (an interrupted one keeps them for ``--resume``)."""
         def step(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ?", (status, finished, run_id))
+            if status == "finished":
+                conn.execute("DELETE FROM shards WHERE run_id = ?", (run_id,))
             self._release(conn, run_id)
 
         self._write(step)
@@ -338,6 +346,42 @@ class Store:
                 conn.execute(f"INSERT OR REPLACE INTO metrics (run_id, {', '.join(m)}) "
                              f"VALUES (?, {', '.join('?' for _ in m)})", (run_id, *m.values()))
             leases.beat(conn, run_id)
+
+        self._write(step)
+
+    # ------------------------------------------------------------- shards of sharded matches
+    def save_shard(self, run_id: int, defense: str, attack: str, call: str, start: int, stop: int, key: str,
+                   result: bytes, seconds: float | None = None) -> None:
+        """A finished shard of a match whose rows are not stored yet (committed with a heartbeat)."""
+        def step(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO shards (run_id, defense, attack, call, start, stop, key, result,"
+                         " seconds, stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (run_id, defense, attack, call, start, stop, key, sqlite3.Binary(result), seconds,
+                          time.time()))
+            leases.beat(conn, run_id)
+
+        self._write(step)
+
+    def shards(self, run_id: int, defense: str | None = None, attack: str | None = None) -> list[ShardRecord]:
+        """The stored shards of ``run_id`` (of one defense, one attack, or both), in batch order."""
+        where, params = "run_id = ?", [run_id]
+        for column, value in (("defense", defense), ("attack", attack)):
+            if value is not None:
+                where += f" AND {column} = ?"
+                params.append(value)
+        return [shard_record(r) for r in self._rows(f"SELECT * FROM shards WHERE {where} "
+                                                    "ORDER BY defense, attack, call, start, stop", tuple(params))]
+
+    def sharded_matches(self, run_id: int) -> set[tuple[str, str]]:
+        """The (defense, attack) pairs of ``run_id`` with stored shards (their tensors not read)."""
+        return {(r["defense"], r["attack"]) for r in self._rows(
+            "SELECT DISTINCT defense, attack FROM shards WHERE run_id = ?", (run_id,))}
+
+    def forget_shards(self, run_id: int, defense: str, attack: str) -> None:
+        """Delete the stored shards of one match (its rows are stored)."""
+        def step(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM shards WHERE run_id = ? AND defense = ? AND attack = ?",
+                         (run_id, defense, attack))
 
         self._write(step)
 
