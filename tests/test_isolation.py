@@ -175,15 +175,16 @@ class SnoopConfig(arena.plugin.PluginConfig):
     report: str
 
 
-def _snoop(model, report: str) -> None:
-    """Write down what a plugin can reach from where it runs: its process, what it was given,
-    and every torch module that exists in that process."""
+def _snoop(model, report: str, context=None) -> None:
+    """Write down what a plugin can reach from where it runs: its process, what it was given
+    (the model and the defense object), and every torch module that exists in that process."""
     import gc
     import json
 
     modules = sorted({type(o).__name__ for o in gc.get_objects() if isinstance(o, torch.nn.Module)})
     with open(report, "w") as fh:
-        json.dump({"pid": os.getpid(), "given": type(model).__name__, "modules": modules}, fh)
+        json.dump({"pid": os.getpid(), "given": type(model).__name__, "modules": modules,
+                   "context": type(context).__name__}, fh)
 
 
 class SnoopsBlackBox(FixedBudgetAttack):
@@ -194,7 +195,7 @@ class SnoopsBlackBox(FixedBudgetAttack):
     Config = SnoopConfig
 
     def run(self, model, x, y, eps, targets):
-        _snoop(model, self.config.report)
+        _snoop(model, self.config.report, self.context)
         model(x)
         return x
 
@@ -221,10 +222,15 @@ def test_a_black_box_attack_runs_where_no_model_exists(tmp_path, monkeypatch, is
     monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "1" if isolated else "0")
     from arena import testing
 
+    class Detector:  # a defense object holding a network of its own (e.g. a detector's embedding)
+        def __init__(self):
+            self.embedding = torch.nn.Bilinear(2, 2, 2)
+
     model, (x, y) = testing.trained_model(), testing.attack_batch(8)
-    result = SnoopsBlackBox(report=str(tmp_path / "r.json"))(model, x, y, 0.1, seed=0)
+    result = SnoopsBlackBox(report=str(tmp_path / "r.json"))(model, x, y, 0.1, seed=0, context=Detector())
     seen = _report(tmp_path / "r.json")
     assert torch.equal(result.queries, torch.ones(8, dtype=torch.long))  # counted by the harness here
+    assert seen["context"] == "NoneType"  # a black-box attack is never given the defense object
     if isolated:
         assert seen["pid"] != os.getpid() and seen["given"] == "RemoteOracle" and seen["modules"] == []
     else:  # the same plugin in process finds the network: what isolation takes away
@@ -310,3 +316,21 @@ def test_workers_run_after_the_driver_used_threads(tmp_path):
                           "--db", str(tmp_path / "t.db"), "--cache-dir", str(tmp_path / "c"), "--quiet"],
                          capture_output=True, text=True, env=env, timeout=180)
     assert run.returncode == 0, run.stderr[-500:]
+
+
+def _a_tensor(device: str) -> torch.Tensor:
+    return torch.arange(6, dtype=torch.float32, device=device)
+
+
+def test_a_worker_answers_by_value(device):
+    """A worker's result is a copy the driver owns, not memory shared with the worker (CUDA IPC
+    memory lives only as long as the worker; the driver keeps entrants after their worker is
+    replaced)."""
+    pool = WorkerPool()
+    try:
+        value = pool.run(_a_tensor, (str(device),))
+        pool._lost(pool.worker)  # the worker is gone: its memory with it
+        assert not value.is_shared() and value.device.type == device.type
+        assert value.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    finally:
+        pool.close()

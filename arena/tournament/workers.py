@@ -19,6 +19,7 @@ from __future__ import annotations
 import faulthandler
 import itertools
 import multiprocessing as mp
+import pickle
 import signal
 import threading
 import time
@@ -141,7 +142,7 @@ class WorkerPool:
                 self._lost(worker)
                 raise WorkerFailed(f"killed after its hard time limit of {timeout:g} s", timed_out=True)
         try:
-            status, value = worker.conn.recv()
+            status, value = pickle.loads(worker.conn.recv_bytes())
         except (EOFError, OSError):
             code = self._lost(worker)
             raise WorkerFailed(f"the worker process died ({_describe_exit(code)})") from None
@@ -211,7 +212,15 @@ def _serve(conn: Any, driver_end: Any = None) -> None:
         except BaseException as exc:  # SystemExit and KeyboardInterrupt of a plugin included
             answer = ("error", portable(exc))
         try:
-            conn.send(answer)
+            conn.send_bytes(_by_value(answer))
         except Exception as exc:  # a result that cannot be pickled fails its task, not the worker
-            conn.send(("error", WorkerFailed(f"the task's result could not be sent back: "
-                                             f"{type(exc).__name__}: {exc}")))
+            conn.send_bytes(_by_value(("error", WorkerFailed(f"the task's result could not be sent back: "
+                                                             f"{type(exc).__name__}: {exc}"))))
+
+
+def _by_value(answer: tuple[str, Any]) -> bytes:
+    """A worker's answer as plain pickle bytes: every tensor travels by value. (A connection's
+    own pickler shares torch tensors instead: CPU storage through file descriptors, CUDA memory
+    through CUDA IPC, which lives only as long as the worker that made it; the driver keeps an
+    entrant's model after its worker is killed or replaced, and sends it to the next one.)"""
+    return pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
