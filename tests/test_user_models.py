@@ -362,3 +362,17 @@ def test_a_torchscript_model_pickles(outside):
     x = torch.rand(3, 1, 8, 8)
     again = pickle.loads(pickle.dumps(loaded))  # as it travels to worker and attacker processes
     assert torch.allclose(again(x), model(x), atol=1e-6) and torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_the_users_model_enters_through_arena_evaluate_in_worker_processes(outside, digits):
+    """The same model of the user's package, with its normalisation, through ``arena.evaluate``
+    on the local executor (worker processes import ``userpkg`` by the driver's sys.path): clean
+    accuracy as the model scores the normalised inputs itself, and the budget in pixel space."""
+    model, _ = outside
+    x, y = digits.test.x[:SAMPLES], digits.test.y[:SAMPLES]
+    result = arena.evaluate(model, x, y, attacks=["fgsm"], budgets=[EPS], executor="local",
+                            normalize={"mean": [MEAN], "std": [STD]}, name="users-cnn")
+    with torch.no_grad():
+        expected = float((model(normalized(x)).argmax(1) == y).float().mean())
+    assert result.clean_accuracy == pytest.approx(expected) and expected > 0.8
+    assert result.complete and result.robust_accuracy["fgsm"][EPS] < result.clean_accuracy
