@@ -8,8 +8,12 @@ pixels and every attack budget stays in pixel space.
 """
 from __future__ import annotations
 
+import time
+import weakref
+from collections.abc import Callable
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
@@ -330,3 +334,248 @@ class Architecture(Plugin):
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         """A new, randomly initialised model for inputs of ``input_shape`` = ``(C, H, W)``."""
         raise NotImplementedError
+
+
+# ------------------------------------------------------------ optional speed settings of a model
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}  # no "fp16": float16 input gradients underflow
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """How an entrant's model runs once it is built (the tournament's ``[speed]``), all off by
+    default: ``channels_last`` (4-D weights and inputs in NHWC memory format), ``compile``
+    (``torch.compile`` of the forward pass, lazily in the process that runs it) and ``autocast``
+    (``"bf16"``: the forward pass under ``torch.autocast`` to bfloat16, logits returned as
+    float32). They apply to every forward pass after training: clean predictions, model checks,
+    metrics, the attacks' forward and backward passes and the harness's judging, so that the model
+    an attack is scored on is the model it attacked. Training, the model cache and its weights are
+    untouched."""
+
+    channels_last: bool = False
+    compile: bool = False
+    autocast: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast: expected one of {', '.join(AUTOCAST_DTYPES)} or None, got {self.autocast!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any setting is on."""
+        return self.channels_last or self.compile or self.autocast is not None
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that are on, as JSON (for provenance)."""
+        out: dict[str, Any] = {}
+        if self.channels_last:
+            out["channels_last"] = True
+        if self.autocast is not None:
+            out["autocast"] = self.autocast
+        if self.compile:
+            out["compile"] = True
+        return out
+
+
+@dataclass
+class _Compiled:
+    """A speed wrapper's compiled forward in this process (kept outside the module: the harness
+    sees no new attribute, and pickling sends the plain model)."""
+
+    fn: Any  # the compiled module, or None: running eager after compilation failed
+    error: str | None = None
+    seconds: float | None = None  # the warm-up compilation's wall time
+
+
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, _Compiled]" = weakref.WeakKeyDictionary()
+_EAGER: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # wrappers inside an eager() block
+_RECOMPILE_LIMIT = 64  # torch's default (8) is per code object, shared by every entrant of an architecture
+
+
+def _compiled(model: "SpeedModel") -> _Compiled:
+    """The wrapper's compiled forward in this process, made on first use. Every entrant of one
+    architecture shares torch's per-function recompilation limit (grad mode, autocast, memory
+    format, batch sizes and frozen weights each make a graph), so it is raised to
+    ``_RECOMPILE_LIMIT``: past it, torch would run eager without saying so in the results."""
+    state = _COMPILED.get(model)
+    if state is None:
+        import torch._dynamo
+
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        if getattr(config, name, _RECOMPILE_LIMIT) < _RECOMPILE_LIMIT:
+            setattr(config, name, _RECOMPILE_LIMIT)
+        try:
+            state = _Compiled(torch.compile(model.model))
+        except Exception as exc:  # torch.compile unavailable here (Python version, platform)
+            state = _Compiled(None, _one_line(exc))
+        _COMPILED[model] = state
+    return state
+
+
+@contextmanager
+def eager(model: Any) -> Iterator[None]:
+    """Inside the block a :class:`SpeedModel` runs its forward eager (same settings otherwise):
+    for checks that trace the Python calls of a forward pass, which compiling would add to."""
+    if not isinstance(model, SpeedModel) or model in _EAGER:
+        yield
+        return
+    _EAGER.add(model)
+    try:
+        yield
+    finally:
+        _EAGER.discard(model)
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that say torch.compile (not the model) failed."""
+    kinds: list[type[BaseException]] = []
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+        kinds.append(TorchDynamoException)
+    except ImportError:  # pragma: no cover - torch without dynamo
+        pass
+    try:
+        from torch._inductor.exc import InductorError
+        kinds.append(InductorError)
+    except ImportError:  # pragma: no cover - older torch
+        pass
+    return tuple(kinds)
+
+
+class SpeedModel(nn.Module):
+    """``model`` run under :class:`SpeedSettings`; ``.model`` is the network itself (its
+    ``state_dict`` under ``model.``). It passes on the adaptive hooks (``randomized``,
+    ``bpda_forward``), so attacks see the same model. The compiled forward is made on the first
+    call in each process and kept outside the module; if compilation fails the wrapper runs eager
+    and :func:`speed_record` says why."""
+
+    def __init__(self, model: nn.Module, settings: SpeedSettings) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+        if settings.channels_last:
+            model.to(memory_format=torch.channels_last)  # 4-D parameters and buffers; others unchanged
+        self.train(model.training)
+
+    @property
+    def randomized(self) -> bool:
+        return bool(getattr(self.model, "randomized", False))
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.settings.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @contextmanager
+    def _precision(self, x: torch.Tensor) -> Iterator[None]:
+        if self.settings.autocast is None:
+            yield
+            return
+        with torch.autocast(x.device.type, dtype=AUTOCAST_DTYPES[self.settings.autocast]):
+            yield
+
+    def _logits(self, out: Any) -> Any:
+        if self.settings.autocast is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
+            return out.float()
+        return out
+
+    def _run(self, fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
+        x = self._layout(x)
+        with self._precision(x):
+            return self._logits(fn(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.settings.compile or self in _EAGER:
+            return self._run(self.model, x)
+        state = _compiled(self)
+        if state.fn is None:
+            return self._run(self.model, x)
+        try:
+            return self._run(state.fn, x)
+        except _compile_errors() as exc:  # a recompilation for a new shape failed: run eager from now on
+            state.fn, state.error = None, _one_line(exc)
+            return self._run(self.model, x)
+
+    def bpda_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's ``bpda_forward`` under the same settings (eager), else ``forward``."""
+        bpda = getattr(self.model, "bpda_forward", None)
+        return self._run(bpda, x) if callable(bpda) else self(x)
+
+
+class SpeedFeatureModel(SpeedModel):
+    """:class:`SpeedModel` around a ``classifier(features(x))`` network, keeping that layout
+    (eager, under the same settings) for embedding defenses and metrics."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self.model.features, x)
+
+    def classifier(self, z: torch.Tensor) -> torch.Tensor:
+        with self._precision(z):
+            return self._logits(self.model.classifier(z))
+
+
+def with_speed(model: nn.Module, settings: SpeedSettings | None) -> nn.Module:
+    """``model`` under ``settings`` (``model`` itself when none is on, or when it is one already):
+    a :class:`SpeedFeatureModel` when it has callable ``features`` and ``classifier``, else a
+    :class:`SpeedModel`. ``channels_last`` converts the model's 4-D parameters in place."""
+    if settings is None or not settings.active or isinstance(model, SpeedModel):
+        return model
+    layout = callable(getattr(model, "features", None)) and callable(getattr(model, "classifier", None))
+    return (SpeedFeatureModel if layout else SpeedModel)(model, settings)
+
+
+def without_speed(model: Any) -> Any:
+    """The network inside a speed wrapper (``model`` itself when it is none): what a defense
+    built on another entrant wraps, fine-tunes or loads weights into."""
+    return model.model if isinstance(model, SpeedModel) else model
+
+
+def warm_up(model: nn.Module, x: torch.Tensor) -> None:
+    """Compile a :class:`SpeedModel` with ``compile`` on now, as attacks and judging call it
+    (a forward pass without gradients, and one with the input's gradient, on the frozen model);
+    when compilation fails and the eager model does not, fall back to eager (recorded for
+    :func:`speed_record`). Anything else the model raises is raised. No-op for other models."""
+    if not (isinstance(model, SpeedModel) and model.settings.compile):
+        return
+    state = _compiled(model)
+    if state.fn is None:
+        return
+    start = time.perf_counter()
+    try:
+        _probe(model, x)
+    except Exception as exc:
+        state.fn, state.error = None, _one_line(exc)
+        _probe(model, x)  # the eager model: its own failure is raised
+    state.seconds = time.perf_counter() - start
+
+
+def _probe(model: nn.Module, x: torch.Tensor) -> None:
+    with frozen(model):
+        with torch.no_grad():
+            model(x)
+        xg = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = model(xg)
+            torch.autograd.grad(out.float().sum(), xg, allow_unused=True)
+
+
+def speed_record(model: Any) -> dict[str, Any] | None:
+    """What a model's speed settings are, as JSON for its provenance (None: none is on): the
+    settings on, and for ``compile`` whether it runs compiled in this process (``"eager"``
+    and the error when compilation failed) and the seconds its warm-up compilation took."""
+    if not isinstance(model, SpeedModel):
+        return None
+    out = model.settings.describe()
+    state = _COMPILED.get(model)
+    if model.settings.compile and state is not None:
+        if state.fn is None:
+            out["compile"] = {"requested": True, "running": "eager", "error": state.error}
+        elif state.seconds is not None:
+            out["compile_seconds"] = round(state.seconds, 3)
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

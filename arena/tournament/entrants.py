@@ -15,7 +15,7 @@ from arena.checks import model_checks
 from arena.data import DataSplits, Split
 from arena.defense import DetectorDefense, InferenceDefense, PretrainedDefense, TrainingDefense
 from arena.metric import ModelInputs, evaluate
-from arena.model import default_device, seeded
+from arena.model import SpeedSettings, default_device, eager, seeded, speed_record, warm_up, with_speed, without_speed
 from arena.refs import DatasetRef
 from arena.registry import Registry
 from arena.training import judged
@@ -39,6 +39,7 @@ class EntrantSpec:
     progress: bool = False
     judge_passes: int = 20  # a randomised model is correct on a sample when the majority of passes are
     metrics: tuple[Any, ...] = ()  # the model metrics (MetricPlans) measured on this entrant
+    speed: SpeedSettings | None = None  # the tournament's [speed]: how the built model runs (None: as built)
 
 
 @dataclass
@@ -66,7 +67,10 @@ def prepare(spec: EntrantSpec, data: DataSplits, evaluation: Split, *parents: En
     start = time.perf_counter()
     built = plan.defense.enter(_Builder(spec, data, by_label, device))
     seconds = time.perf_counter() - start
+    built = _with_speed(built, spec.speed)
     model, detector = built.model, built.detector
+    if len(evaluation):  # compile now (speed.compile), or fall back to eager and say so in the provenance
+        warm_up(model, evaluation.x[:spec.batch_size].to(device))
     with seeded(spec.seed, device):  # a randomised model's clean answers must not depend on the RNG's history
         ((correct, _),) = judged(model, evaluation.x.to(device), spec.judge_passes, evaluation.y.to(device),
                                  batch_size=spec.batch_size)
@@ -75,18 +79,32 @@ def prepare(spec: EntrantSpec, data: DataSplits, evaluation: Split, *parents: En
         if detector is not None:
             with torch.no_grad():
                 fpr = float(detector.detect(model, evaluation.x.to(device)).float().mean())
-        checks = model_checks(model, evaluation.x[:64].to(device), evaluation.y[:64].to(device))
+        with eager(model):  # the checks trace the forward pass's Python calls; compiling would add to them
+            checks = model_checks(model, evaluation.x[:64].to(device), evaluation.y[:64].to(device))
         metrics = model_metrics(spec, data, evaluation, plan.label, built, correct, device)
     provenance = getattr(plan.defense, "provenance", None)
     if provenance is None:  # a wrapper or detector runs on the backend of the model it wraps
         parent = by_label.get(plan.on) if plan.on else None
         provenance = dict(parent.provenance) if parent is not None and parent.provenance else {"backend": "torch"}
+    speed = speed_record(model)
+    provenance = {k: v for k, v in provenance.items() if k != "speed"} | ({"speed": speed} if speed else {})
     row = dict(defense=plan.label, checks=checks, provenance=provenance, defense_id=plan.id,
                defense_kind=plan.defense.defense_kind.value, config=plan.defense.config.model_dump(mode="json"),
                clean_accuracy=float(correct.float().mean()), clean_mask=encode_mask(correct),
                false_positive_rate=fpr, cache_key=built.key, train_seconds=seconds, metrics=metrics)
     entrant = Entrant(plan.label, plan.defense, model, built.base, detector, correct, built.key, provenance)
     return Prepared(entrant, row)
+
+
+def _with_speed(built: Built, speed: SpeedSettings | None) -> Built:
+    """``built`` with its model and base classifier under the speed settings (the same wrapper
+    when they are one module); nothing changes when no setting is on. Applied after training,
+    loading or caching, so weights and cache entries are those of the plain model."""
+    if speed is None or not speed.active:
+        return built
+    model = with_speed(built.model, speed)
+    base = model if built.base is built.model else with_speed(built.base, speed)
+    return Built(model, base, built.detector, built.key)
 
 
 def model_metrics(spec: EntrantSpec, data: DataSplits, evaluation: Split, label: str, built: Built,
@@ -150,7 +168,7 @@ class _Builder:
         def build() -> nn.Module:
             model = fresh()
             if parent is not None:
-                model.load_state_dict(parent.base.state_dict())
+                model.load_state_dict(without_speed(parent.base).state_dict())
             defense.train(model, data, seed=spec.seed, finetune=parent is not None, progress=spec.progress)
             return model
 
@@ -165,22 +183,23 @@ class _Builder:
         """An inference-time defense around its parent. One that trains parameters of its own (DLN's
         sanitiser) is cached like a trained model, keyed by its config and the wrapped model's key."""
         spec, below, device = self.spec, self.parents[self.spec.defense.on], self.device
-        inner = below.model.to(device)
+        inner = without_speed(below.model).to(device)  # a defense wraps the network, not its speed wrapper
+        base = without_speed(below.base).to(device)
         if not (defense.learned and below.cache_key):
-            return Built(defense.wrap(inner, self.data, seed=spec.seed).to(device).eval(), below.base.to(device))
+            return Built(defense.wrap(inner, self.data, seed=spec.seed).to(device).eval(), base)
         key = content_key(defense=spec.defense.id, config=defense.config.model_dump(mode="json"),
                           dataset=spec.dataset.model_dump(mode="json"), seed=spec.seed,
                           wraps=below.cache_key, code={"defenses": spec.code["defenses"]},
                           numerics=numerics(device))
         model = self._cached(key, lambda: defense.wrap(inner, self.data, seed=spec.seed, train=False).to(device),
                              lambda: defense.wrap(inner, self.data, seed=spec.seed))
-        return Built(model.to(device).eval(), below.base.to(device), key=key)
+        return Built(model.to(device).eval(), base, key=key)
 
     def detect(self, defense: DetectorDefense) -> Built:
         below = self.parents[self.spec.defense.on]
-        model = below.model.to(self.device)
+        model = without_speed(below.model).to(self.device)
         defense.fit(model, self.data.train, seed=self.spec.seed)
-        return Built(model, below.base.to(self.device), detector=defense)
+        return Built(model, without_speed(below.base).to(self.device), detector=defense)
 
     def _cached(self, key: str, fresh: Callable[[], nn.Module], build: Callable[[], nn.Module]) -> nn.Module:
         """A module from ``fresh()`` (untrained) with the weights cached under ``key``, handed out only

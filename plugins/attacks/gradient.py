@@ -152,10 +152,11 @@ class PGD(FixedBudgetAttack):
                 done = done | (pred == tt if tt is not None else pred != yy)
             if step == cfg.steps:
                 break
-            grad = grad.masked_fill(done.view(-1, *([1] * (x.dim() - 1))), 0)
+            if early_stop:  # without it no row is ever done before the end: nothing to freeze
+                grad = grad.masked_fill(done.view(-1, *([1] * (x.dim() - 1))), 0)
             moved = cur + steepest_step(grad, norm, alpha)
             moved = (x0 + norm.project(moved - x0, eps)).clamp(0, 1)
-            cur = torch.where(done.view(-1, *([1] * (x.dim() - 1))), cur, moved)
+            cur = torch.where(done.view(-1, *([1] * (x.dim() - 1))), cur, moved) if early_stop else moved
             if early_stop and (step + 1) % compact_every == 0 and bool(done.any()):
                 out[rows], fooled[rows] = cur, done  # write back, then drop the finished rows
                 keep = (~done).nonzero().squeeze(1)
