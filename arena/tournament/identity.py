@@ -54,7 +54,8 @@ def keys(plan: Plan) -> Keys:
     cfg = plan.config
     samples = content_key(kind="samples", dataset=plan.dataset.model_dump(mode="json"), seed=cfg.seed,
                           samples=cfg.samples, batch_size=cfg.batch_size, judge_passes=cfg.judge_passes,
-                          files=fingerprint(plan.dataset.params))
+                          files=fingerprint(plan.dataset.params),
+                          **({"autocast": cfg.speed.autocast} if cfg.speed.autocast != "off" else {}))
     owners = plan.registry.owners
     defense_keys: dict[str, str] = {}
     for d in plan.defenses:  # dependency order: parents first

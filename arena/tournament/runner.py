@@ -200,7 +200,7 @@ class Runner:
                              datasets=self.plan.dataset.id)
             batch = AUTO_EVAL_BATCH if cfg.batch_size == AUTO else cfg.batch_size
             spec = EntrantSpec(defense, self.plan.dataset, cfg.seed, batch, self.cache_root, code,
-                               judge_passes=cfg.judge_passes, metrics=self.plan.metrics_for(defense.label))
+                               judge_passes=cfg.judge_passes, metrics=self.plan.metrics_for(defense.label), speed=cfg.speed.settings())
             parents = tuple(self.shared[r] for r in defense.parents if r in self.shared)
             handles[defense.label] = Shared.of(None).id  # the worker keeps the entrant it built
             jobs.append((defense.label, (spec, shared[0], shared[1], *parents),
