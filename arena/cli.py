@@ -447,17 +447,7 @@ def leaderboard(dbs: tuple[Path, ...], fmt: str, run_id: int | None, dataset: st
 @user_errors
 def publish(ctx: click.Context, paths: tuple[str, ...], run_id: int | None) -> None:
     """Write a self-contained static website of the leaderboard in DB... into DIRECTORY."""
-    from arena.errors import ConfigError
-
-    dbs, directory = _dbs_and_directory(ctx, paths)
-    from arena.leaderboard.combine import open_view
-    from arena.leaderboard.site import publish as write_site
-
-    try:
-        index = write_site(open_view(list(dbs), run_id), run_id, directory)
-    except OSError as exc:  # an unwritable or vanished folder: the user's to fix, in one line
-        where = exc.filename or directory
-        raise ConfigError(f"{where}: cannot write the site there: {exc.strerror or exc}") from None
+    index = _write_out(ctx, paths, run_id, "arena.leaderboard.site:publish", "the site")
     click.echo(f"published {index}")
 
 
@@ -471,18 +461,8 @@ def export(ctx: click.Context, paths: tuple[str, ...], run_id: int | None) -> No
     """Write one JSON file per defense of the leaderboard in DB... into DIRECTORY (the fields a
     public leaderboard keeps: model, architecture, training data, clean and robust accuracy at
     each budget with the attack that broke each example, sample count, provenance)."""
-    from arena.errors import ConfigError
-
-    dbs, directory = _dbs_and_directory(ctx, paths)
-    from arena.leaderboard.combine import open_view
-    from arena.leaderboard.export import export_defenses
-
-    try:
-        paths = export_defenses(open_view(list(dbs), run_id), run_id, directory)
-    except OSError as exc:
-        where = exc.filename or directory
-        raise ConfigError(f"{where}: cannot write there: {exc.strerror or exc}") from None
-    click.echo(f"exported {len(paths)} defenses to {directory}")
+    written = _write_out(ctx, paths, run_id, "arena.leaderboard.export:export_defenses", "the export")
+    click.echo(f"exported {len(written)} defenses to {paths[-1]}")
 
 
 @cli.command()
@@ -534,6 +514,26 @@ def _local_time(stamp: float | None) -> str:
     import time
 
     return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _write_out(ctx: click.Context, paths: tuple[str, ...], run_id: int | None, writer: str, what: str) -> Any:
+    """``writer(view, run_id, directory)`` (``module:function``, imported once the arguments are
+    checked, so that a usage error imports nothing heavy) for ``DB... DIRECTORY``: the
+    leaderboard view of the databases written into the folder; a folder that cannot be written
+    is a one-line error."""
+    import importlib
+
+    dbs, directory = _dbs_and_directory(ctx, paths)
+    from arena.errors import ConfigError
+    from arena.leaderboard.combine import open_view
+
+    module, name = writer.split(":")
+    write = getattr(importlib.import_module(module), name)
+    try:
+        return write(open_view(dbs, run_id), run_id, directory)
+    except OSError as exc:  # an unwritable or vanished folder: the user's to fix, in one line
+        where = exc.filename or directory
+        raise ConfigError(f"{where}: cannot write {what} there: {exc.strerror or exc}") from None
 
 
 def _dbs_and_directory(ctx: click.Context, paths: tuple[str, ...]) -> tuple[list[Path], Path]:

@@ -1,12 +1,7 @@
-"""How the leaderboard writes a budget: one formatter for tables, flags, plots and the site."""
+"""How the leaderboard writes a budget: :func:`arena.labels.budget_label`, one formatter for
+tables, flags, plots, the site and the tournament's own messages."""
 from __future__ import annotations
 
-import math
+from arena.labels import budget_label
 
-
-def budget_label(budget: float, *, ascii: bool = False) -> str:
-    """``0.1`` -> ``0.1``; an unbounded budget -> ``∞`` (``inf`` with ``ascii=True``, for file
-    names and URLs)."""
-    if math.isinf(budget):
-        return "inf" if ascii else "∞"
-    return f"{budget:g}"
+__all__ = ["budget_label"]

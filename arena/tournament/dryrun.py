@@ -10,11 +10,11 @@ display uses (attack iterations × samples, training epochs × training samples)
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arena.labels import budget_label
 from arena.tournament import identity
 from arena.tournament.plan import Plan, check_architectures, check_samples
 from arena.tournament.progress import match_units, training_units
@@ -56,10 +56,6 @@ class Preview:
         return "\n".join(lines)
 
 
-def budget_label(budget: float) -> str:
-    return "∞" if math.isinf(budget) else f"{budget:g}"
-
-
 def _units(value: float) -> str:
     return f"{value:,.0f}"
 
@@ -86,14 +82,7 @@ def preview(plan: Plan, db: Path, store: Any | None) -> Preview:
                 todo.setdefault(d.label, []).append((a, missing))
                 out.to_run.append((d.label, a.label, missing))
                 out.units += match_units(a, missing, plan.config.samples, data.num_classes)
-    needed: set[str] = set()
-    stack = list(todo) + [d.label for d in plan.defenses if d.label not in found.models]
-    while stack:
-        label = stack.pop()
-        if label not in needed:
-            needed.add(label)
-            stack += list(plan.defense(label).parents)
-            stack += [a.view.surrogate for a, _ in todo.get(label, []) if a.view.surrogate]
+    needed = plan.needed(todo, [d.label for d in plan.defenses if d.label not in found.models])
     for d in plan.defenses:
         if d.label in needed:
             out.build.append(d.label)

@@ -173,6 +173,21 @@ class Plan:
         """The metrics measured on ``defense`` (model metrics) or on its match with ``attack``."""
         return tuple(mp for mp in self.metrics if mp.measures(defense, attack))
 
+    def needed(self, todo: dict[str, list[tuple[AttackPlan, tuple[float, ...]]]],
+               also: list[str] = ()) -> set[str]:
+        """The entrants a run must build: those with matches in ``todo`` (per defense label, the
+        attacks and budgets to run), those in ``also``, and every entrant they wrap, fine-tune
+        from or (transfer attacks to run) craft on."""
+        needed: set[str] = set()
+        stack = list(todo) + list(also)
+        while stack:
+            label = stack.pop()
+            if label not in needed:
+                needed.add(label)
+                stack += list(self.defense(label).parents)
+                stack += [a.view.surrogate for a, _ in todo.get(label, []) if a.view.surrogate]
+        return needed
+
     def levels(self) -> list[list[DefensePlan]]:
         """Defenses grouped into levels whose members do not depend on each other."""
         depth: dict[str, int] = {}

@@ -26,7 +26,6 @@ does not promise that its expensive remainder is nearly done.
 from __future__ import annotations
 
 import functools
-import math
 import sys
 import threading
 import time
@@ -34,6 +33,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+from arena.labels import budget_label
 
 MODES = ("auto", "bar", "lines", "quiet", "off")
 TICK = 1.0  # seconds between redraws of the bar (its clock and ETA move between events too)
@@ -271,7 +272,7 @@ def clock_time(seconds: float) -> str:
 
 
 def _budget(b: float) -> str:
-    return "inf" if math.isinf(b) else f"{b:g}"
+    return budget_label(b, ascii=True)
 
 
 def _percent(value: float | None) -> str:
@@ -360,13 +361,9 @@ class Progress:
 
     @property
     def total(self) -> int:
-        """The number of tasks (assigning it only syncs with the runner's ``todo``)."""
+        """The number of tasks (matches the runner added to ``todo`` since included)."""
         self._sync()
         return len(self.estimator.tasks)
-
-    @total.setter
-    def total(self, value: int) -> None:
-        self._sync()
 
     @property
     def done(self) -> int:

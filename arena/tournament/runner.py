@@ -162,7 +162,6 @@ class Runner:
                 items.append((attack, tuple(sorted(budgets))))
             else:
                 items[known] = (attack, tuple(sorted(set(items[known][1]) | budgets)))
-            self.bar.total += 1
 
     # ------------------------------------------------------------- planning
     def _todo(self, done: set[tuple[str, str, float]]) -> Todo:
@@ -178,17 +177,9 @@ class Runner:
     def _needed(self, todo: Todo) -> set[str]:
         """Entrants with unfinished matches, entrants whose matches were all reused but whose
         model row is not (a model metric was added), and the entrants they are built from."""
-        needed: set[str] = set()
         built = {m.defense for m in self.store.models(self.run_id)}
         finished = {m.defense for m in self.store.matches(self.run_id) if m.ok}
-        stack = list(todo) + sorted(finished - built)
-        while stack:
-            label = stack.pop()
-            if label not in needed:
-                needed.add(label)
-                stack += list(self.plan.defense(label).parents)
-                stack += [a.view.surrogate for a, _ in todo.get(label, []) if a.view.surrogate]
-        return needed
+        return self.plan.needed(todo, sorted(finished - built))
 
     # ------------------------------------------------------------- running
     def _prepare_level(self, level: list[DefensePlan], shared: tuple[Any, Any]) -> None:
