@@ -38,7 +38,7 @@ chromium:
 # One OpenMP thread per process: the test models are tiny, and two spinning threads on two
 # shared cores made some runs 10x slower in measurements.
 test: $(STAMP) fashion-mnist chromium
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=30
 
 clean:
 	rm -rf $(VENV) results .arena .pytest_cache

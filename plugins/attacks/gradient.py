@@ -72,12 +72,16 @@ class FGSM(FixedBudgetAttack):
 
 
 class PGDConfig(PluginConfig):
-    norm: L2OrLinf = Norm.LINF
-    steps: int = Field(40, ge=1)
+    norm: L2OrLinf = Field(Norm.LINF, description="the threat norm: linf or l2")
+    steps: int = Field(40, ge=1, description="gradient steps per restart")
     step_size: float | None = Field(None, gt=0, description="absolute step; default rel_step_size·ε")
-    rel_step_size: float = Field(2.5 / 40, gt=0)
-    random_start: bool = True
-    restarts: int = Field(1, ge=1)
+    rel_step_size: float = Field(2.5 / 40, gt=0, description="step as a fraction of ε when "
+                                 "step_size is not given (2.5/40: Madry et al.'s 2.5·ε/steps "
+                                 "at 40 steps)")
+    random_start: bool = Field(True, description="start each restart at a uniform random point "
+                               "of the ε-ball (off: every restart starts at the clean input)")
+    restarts: int = Field(1, ge=1, description="independent runs; later ones attack only the "
+                          "samples not fooled yet")
     loss: Loss = Field("ce", description="the objective: ce (cross-entropy), margin (C&W's "
                        "logit margin) or dlr (Croce & Hein's scale-invariant logit ratio); "
                        "targeted runs use each one's targeted form")
