@@ -33,16 +33,18 @@ pytestmark = [pytest.mark.slow,
 
 
 def reduced(name: str, *, defenses: list[str], attacks: list[str], samples: int, train_size: int,
-            epochs: int | None = None, params: dict[str, dict[str, Any]] | None = None,
-            metrics: list[str] | None = None) -> dict[str, Any]:
+            epochs: int | None = None, finetune_epochs: int | None = None,
+            params: dict[str, dict[str, Any]] | None = None, metrics: list[str] | None = None) -> dict[str, Any]:
     """The paper's file ``name`` with only the entries named, ``samples`` evaluated samples,
-    ``train_size`` training images, ``epochs`` of training (when given) and ``params``
-    overriding some entries' params (by entry name)."""
+    ``train_size`` training images, ``epochs`` of training and ``finetune_epochs`` of
+    post-processing (when given) and ``params`` overriding some entries' params (by entry name)."""
     data = tomllib.loads((PAPERS / name).read_text())  # a fresh dict: edited in place below
     data["samples"] = samples
     data["dataset"].setdefault("params", {})["train_size"] = train_size
     if epochs is not None:
         data.setdefault("training", {})["epochs"] = epochs
+    if finetune_epochs is not None:
+        data.setdefault("training", {})["finetune_epochs"] = finetune_epochs
     label = lambda e: e.get("name") or e["id"]  # noqa: E731
     data["defenses"] = [e for e in data["defenses"] if label(e) in defenses]
     data["attacks"] = [e for e in data["attacks"] if label(e) in attacks]
@@ -131,18 +133,24 @@ def test_seed000_transfer_from_the_undefended_model_is_weaker_than_white_box(see
 
 @pytest.fixture(scope="module")
 def seed001(tmp_path_factory, registry):
+    # 3,000 images × 2 epochs (the file: 8,000 × 3): GDA's ten copies make its training ~10x a
+    # standard one; this cuts the fixture from ~190 s to ~90 s on two cores. Measured (one torch
+    # thread, as in make test): clean 78.7% (standard) / 72.0% (gda) on the 150 samples; at
+    # 5,000 × 3 (two threads) the same directions held with similar margins (ρ 0.211 vs 0.186,
+    # loss sensitivity 0.674 vs 0.721; clean 82.0% / 80.0%).
     data = reduced("seed001-efficient-defenses.toml", defenses=["standard", "gda"], attacks=["fgsm-minimal"],
-                   samples=150, train_size=5000, metrics=["robustness", "training-set-distance", "loss-sensitivity"])
+                   samples=150, train_size=3000, epochs=2,
+                   metrics=["robustness", "training-set-distance", "loss-sensitivity"])
     return run(data, registry, tmp_path_factory.mktemp("seed001"))
 
 
 def test_seed001_gda_raises_the_empirical_robustness(seed001):
-    """Table 2: ρ of minimal FGSM 0.440 (GDA+RELU) vs 0.202 (CNN)."""
+    """Table 2: ρ of minimal FGSM 0.440 (GDA+RELU) vs 0.202 (CNN); measured 0.258 vs 0.225."""
     check(seed001, direction("seed001", "GDA+RELU has a higher ρ than the CNN"))
 
 
 def test_seed001_gda_lowers_the_loss_sensitivity(seed001):
-    """Table 3: 0.0244 (GDA+RELU) vs 0.0609 (CNN)."""
+    """Table 3: 0.0244 (GDA+RELU) vs 0.0609 (CNN); measured 0.437 vs 0.465."""
     check(seed001, direction("seed001", "GDA+RELU lowers the loss sensitivity"))
 
 
@@ -150,24 +158,40 @@ def test_seed001_gda_lowers_the_loss_sensitivity(seed001):
 
 @pytest.fixture(scope="module")
 def seed002(tmp_path_factory, registry):
-    data = reduced("seed002-jacobian-reg.toml", defenses=["no-defense", "jacobian", "jacobian-eq4-mean"],
-                   attacks=["deepfool"],
-                   samples=100, train_size=5000, metrics=["jacobian-norm", "jacobian-norm-adv", "rho-adv"])
+    # 2 post-processing epochs (the file: 3) to save a third of the exact-Jacobian training; at 3
+    # epochs every direction below came out the same way (‖J‖_F 4.78 vs 3.86, ρ 0.149 vs 0.173).
+    data = reduced("seed002-jacobian-reg.toml",
+                   defenses=["no-defense", "no-defense-post", "jacobian", "jacobian-eq4-mean"],
+                   attacks=["deepfool"], samples=100, train_size=5000, finetune_epochs=2,
+                   metrics=["jacobian-norm", "jacobian-norm-adv", "rho-adv"])
     return run(data, registry, tmp_path_factory.mktemp("seed002"))
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "does not reproduce with eq. 4 as printed (the seed002-mnist preset, λ = 0.1, batches of 500, 3 "
-    "post-processing epochs): mean ‖J‖_F 4.75 (jacobian, clean accuracy 84%) vs 3.86 (no defense, 79%: "
-    "more training) on 100 Fashion-MNIST samples; "
+    "does not reproduce with eq. 4 as printed (the seed002-mnist preset, λ = 0.1, batches of 500, 2 "
+    "post-processing epochs): mean ‖J‖_F 4.29 (jacobian, clean accuracy 82%) vs 3.86 (no defense, 79%: "
+    "less training) on 100 Fashion-MNIST samples; "
     "λ·√(Σ‖J‖²_F) divided by the batch is about √500 times weaker than next to a batch-mean cross-entropy"))
 def test_seed002_jacobian_reg_lowers_the_jacobian_norm(seed002):
     """Table 1: mean ‖J‖_F 0.0315 (Jacobian reg.) vs 0.14 (no defense) on clean inputs."""
     check(seed002, direction("seed002", "Jacobian reg. lowers the clean ‖J‖_F"))
 
 
+def test_seed002_jacobian_reg_lowers_the_jacobian_norm_over_the_same_post_processing(seed002):
+    """Table 1's fall of ‖J‖_F and §4's "a minimal change in the original network's accuracy",
+    against the control the paper lacks: the same post-processing without the regulariser.
+    Measured: ‖J‖_F 4.29 (jacobian) vs 4.48 (no-defense-post), clean accuracy 82% both. (DeepFool's
+    ρ against the same control: 0.1612 vs 0.1603, a difference 100 samples do not resolve; not
+    asserted either way.)"""
+    value = lambda metric, d: seed002.value(side._m(metric, d))  # noqa: E731
+    assert value("jacobian-norm", "jacobian") < value("jacobian-norm", "no-defense-post"), (
+        value("jacobian-norm", "jacobian"), value("jacobian-norm", "no-defense-post"))
+    clean = seed002.value(("clean", "jacobian")), seed002.value(("clean", "no-defense-post"))
+    assert abs(clean[0] - clean[1]) <= 2, clean
+
+
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "does not reproduce with eq. 4 as printed: DeepFool's ρ 0.149 (jacobian) vs 0.173 (no defense) on 100 "
+    "does not reproduce with eq. 4 as printed: DeepFool's ρ 0.161 (jacobian) vs 0.173 (no defense) on 100 "
     "Fashion-MNIST samples (same settings as the Jacobian-norm test)"))
 def test_seed002_jacobian_reg_raises_deepfools_rho(seed002):
     """Table 3: ρ_adv 34.24 vs 20.67 (×10⁻²)."""
@@ -181,8 +205,8 @@ def test_seed002_eq4_with_the_mean_cross_entropy_lowers_the_jacobian_norm(seed00
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "does not reproduce: with the CE averaged the penalty cuts ‖J‖_F twelvefold (0.315 vs 3.86) but costs "
-    "clean accuracy (64% vs 79% on the 100 samples) and DeepFool's ρ falls, 0.142 vs 0.173"))
+    "does not reproduce: with the CE averaged the penalty cuts ‖J‖_F sixfold (0.622 vs 3.86) but costs "
+    "clean accuracy (74% vs 79% on the 100 samples) and DeepFool's ρ falls, 0.154 vs 0.173"))
 def test_seed002_eq4_with_the_mean_cross_entropy_raises_deepfools_rho(seed002):
     """Table 3's rise of ρ_adv, with the other reading of eq. 4 (CE averaged)."""
     check(seed002, direction("seed002", "eq. 4 with the cross-entropy averaged raises DeepFool's ρ_adv over "
