@@ -31,7 +31,7 @@ import torch
 
 from arena.errors import AttackError, QueryBudgetExceeded
 from arena.model import OracleView, QueryLedger, QueryOracle, seeded
-from arena.processes import Worker, portable
+from arena.processes import Worker, portable, steady_heap
 
 SWITCH = "ARENA_ISOLATE_ATTACKS"
 SPINS = "10000"  # libgomp's GOMP_SPINCOUNT in the attacker process
@@ -228,6 +228,7 @@ def _serve(conn: Any, harness_end: Any = None) -> None:
     if harness_end is not None:
         harness_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its harness handles ^C
+    steady_heap()
     while True:
         try:
             task = _recv(conn)

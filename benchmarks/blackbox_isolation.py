@@ -3,7 +3,9 @@ substitute attack through the harness, in process (``ARENA_ISOLATE_ATTACKS=0``, 
 black-box attack took before) against the attacker process (the default), on the same model,
 samples, settings and seed, cases interleaved, median of the repeats. The attacker process is
 started once, before the timed runs; its start-up is reported apart. Strength is reported next to
-speed: both paths must give the same adversarial examples and query counts.
+speed: both paths must give the same adversarial examples and query counts. This process is the
+harness, as a tournament's worker process is, and sets up its heap as a worker does
+(:func:`arena.processes.steady_heap`; ``--default-heap`` leaves glibc's defaults).
 
     .venv/bin/python benchmarks/blackbox_isolation.py --repeats 5
 """
@@ -17,6 +19,7 @@ import time
 import torch
 
 from arena import isolation, testing
+from arena.processes import steady_heap
 
 CASES = {
     "hopskipjump": ("hopskipjump", {"max_iterations": 10, "init_evals": 100}, None),
@@ -37,8 +40,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--default-heap", action="store_true", help="glibc's malloc defaults in the harness")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    heap = "glibc's default heap" if args.default_heap or not steady_heap() else "steady heap"
     model, (x, y) = testing.trained_model(), testing.attack_batch(args.samples)
     registry = testing.registry()
     start = time.perf_counter()
@@ -57,7 +62,7 @@ def main() -> None:
         same = torch.equal(results[False].x_adv, results[True].x_adv) and \
             torch.equal(results[False].queries, results[True].queries)
         success = [float(results[k].success.float().mean()) for k in (False, True)]
-        print(f"{name} ({args.samples} samples, {args.threads} threads, {args.repeats} repeats, "
+        print(f"{name} ({args.samples} samples, {args.threads} threads, {args.repeats} repeats, {heap}, "
               f"mean queries {float(results[True].queries.float().mean()):.0f})")
         print("  in process       " + "  ".join(f"{t:6.2f}" for t in times[False]) + f"   median {inproc:6.2f} s")
         print("  attacker process " + "  ".join(f"{t:6.2f}" for t in times[True]) + f"   median {remote:6.2f} s")

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from arena.processes import Worker, WorkerFailed, portable
+from arena.processes import Worker, WorkerFailed, portable, steady_heap
 
 PRELOAD = "arena.tournament.preload"
 _handles = itertools.count(1)
@@ -194,6 +194,7 @@ def _serve(conn: Any, driver_end: Any = None) -> None:
     faulthandler.disable()  # a crashing plugin is reported by the driver, not dumped by a handler it inherited
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles ^C and ends its workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the driver's handler, if it forked us
+    steady_heap()  # the models' activation buffers reused from call to call, not faulted in afresh
     held: dict[int, Any] = {}
     while True:
         try:
