@@ -124,8 +124,11 @@ def test_a_killed_run_resumes_with_every_match_exactly_once(tmp_path):
     proc = _arena("run", str(path), "--db", str(db), "--cache-dir", cache, "--quiet", cwd=tmp_path)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and proc.poll() is None:
-        if db.exists() and len(_rows(db)) >= 3:
-            break
+        try:
+            if db.exists() and len(_rows(db)) >= 3:
+                break
+        except sqlite3.OperationalError:  # the file made, its tables not yet
+            pass
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     os.kill(proc.pid, signal.SIGKILL)

@@ -92,3 +92,30 @@ def test_ray_and_local_training_agree_on_a_cache_key():
             assert key != remote_key or same, f"{n} threads: same key {key}, different weights"
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_ray_workers_keep_their_freed_buffers():
+    """A Ray task's worker reuses the buffers a task freed, as a local worker does (see
+    tests/test_isolation.py: with glibc's defaults the same cycles fault about 1,000 pages each)."""
+    def probe() -> list[int]:  # defined here, so that Ray sends it by value
+        import resource
+
+        import numpy as np
+
+        faults = []
+        for _ in range(6):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            a = np.ones(5 << 20, dtype=np.float32)
+            b = np.ones(5 << 20, dtype=np.float32)
+            del b, a
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return faults
+
+    pool = RayExecutor(num_cpus=1)
+    try:
+        ((_, faults),) = list(pool.map(probe, [("probe", ())]))
+    finally:
+        pool.close()
+    assert not isinstance(faults, BaseException), faults
+    assert max(faults[1:]) < 50, faults

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from arena.errors import ConfigError, Interrupted
+from arena.processes import steady_heap
 from arena.tournament.workers import Shared, WorkerPool
 
 Job = tuple[Any, ...]
@@ -140,11 +141,11 @@ class RayExecutor:
         return self.ray.put(obj.value if isinstance(obj, Shared) else obj)
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
-        remote = self.ray.remote(**self.options)(fn)
+        remote = self.ray.remote(**self.options)(_in_steady_heap)
         pending = {}
         for key, args, options in map(_unpack, jobs):
             own = task_options(self.options, options)
-            pending[(remote.options(**own) if own != self.options else remote).remote(*args)] = key
+            pending[(remote.options(**own) if own != self.options else remote).remote(fn, *args)] = key
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -159,6 +160,13 @@ class RayExecutor:
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
+
+
+def _in_steady_heap(fn: Callable[..., Any], *args: Any) -> Any:
+    """A Ray task: ``fn(*args)`` in a worker whose heap keeps its freed buffers, as the local
+    executor's workers do (:func:`arena.processes.steady_heap`)."""
+    steady_heap()
+    return fn(*args)
 
 
 def make_executor(name: str, address: str | None = None, num_cpus: float = 1.0,
