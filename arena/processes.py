@@ -54,7 +54,6 @@ class Worker:
             return 0
 
 
-
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
@@ -66,11 +65,12 @@ def steady_heap() -> bool:
     back to the OS (glibc's defaults map a large block fresh and unmap it when freed, and trim
     the heap's top past a threshold that moves with the traffic): a worker that runs a model on
     batch after batch then reuses its activation buffers instead of faulting their pages in
-    afresh at each call. Measured on the digits CNN's HopSkipJump (684 oracle calls of up to
-    256 rows): with the attacker in its own process, whose pickled queries stir the harness's
-    heap, 110,000-180,000 minor faults and 0.35-0.85 s of system time per run, against none
-    after this call. The cost: up to 128 MiB of free heap kept by the process. A no-op (False)
-    where the C library is not glibc."""
+    afresh at each call. Measured in the harness of the digits CNN's HopSkipJump (684 oracle
+    calls of up to 256 rows, one thread): 110,000-180,000 minor faults and 0.35-0.85 s of system
+    time per run with the attacker in its own process (whose pickled queries stir the harness's
+    heap), 20,000-90,000 in process, and under 1,000 either way after this call. The cost: up to
+    128 MiB of free heap kept by the process. Returns whether both settings took (False where
+    the C library is not glibc)."""
     import ctypes
 
     try:
@@ -79,7 +79,8 @@ def steady_heap() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    done = [mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)]
+    return all(done)  # mallopt answers 1 where it took the value
 
 
 def portable(exc: BaseException, wrap: Callable[[str], BaseException] = WorkerFailed) -> BaseException:

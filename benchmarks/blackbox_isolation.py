@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--default-heap", action="store_true", help="glibc's malloc defaults in the harness")
+    parser.add_argument("--default-heap", action="store_true", help="glibc's malloc defaults in the harness (the attacker process keeps its steady heap)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     heap = "glibc's default heap" if args.default_heap or not steady_heap() else "steady heap"
