@@ -368,7 +368,8 @@ def test_per_attack_resources_reach_the_ray_task_options(reg, tmp_path):
     executor.ray, executor.options, executor.started = FakeRay(), defaults, False
     jobs = [(label, (label,), {**opts, "timeout": 10.0}) for label, opts in options.items()]
     assert dict(executor.map(str.upper, jobs)) == {"cw": "CW", "fgsm": "FGSM", "pgd": "PGD"}
-    assert executor.ray.submitted == [{**defaults, "num_gpus": 0.5}, {**defaults, "num_cpus": 2.0}, defaults]
+    named = {**defaults, "name": "upper"}  # each task named after the function, not the executor's wrapper
+    assert executor.ray.submitted == [{**named, "num_gpus": 0.5}, {**named, "num_cpus": 2.0}, named]
 
 
 @pytest.mark.parametrize("extra, message", [

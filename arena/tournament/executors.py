@@ -142,10 +142,11 @@ class RayExecutor:
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
         remote = self.ray.remote(**self.options)(_in_steady_heap)
+        name = getattr(fn, "__name__", "task")  # Ray's task name: the function's, not the wrapper's
         pending = {}
         for key, args, options in map(_unpack, jobs):
             own = task_options(self.options, options)
-            pending[(remote.options(**own) if own != self.options else remote).remote(fn, *args)] = key
+            pending[remote.options(name=name, **own).remote(fn, *args)] = key
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:
