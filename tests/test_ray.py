@@ -96,26 +96,18 @@ def test_ray_and_local_training_agree_on_a_cache_key():
 
 @pytest.mark.slow
 def test_ray_workers_keep_their_freed_buffers():
-    """A Ray task's worker reuses the buffers a task freed, as a local worker does (see
-    tests/test_isolation.py: with glibc's defaults the same cycles fault about 1,000 pages each)."""
-    def probe() -> list[int]:  # defined here, so that Ray sends it by value
-        import resource
+    """A Ray task's worker reuses the buffers a task freed, as a local worker does (the probe and
+    its figures for glibc's defaults: tests/test_isolation.py)."""
+    from ray import cloudpickle
 
-        import numpy as np
+    import tests.test_isolation as isolation_tests
 
-        faults = []
-        for _ in range(6):
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            a = np.ones(5 << 20, dtype=np.float32)
-            b = np.ones(5 << 20, dtype=np.float32)
-            del b, a
-            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        return faults
-
+    cloudpickle.register_pickle_by_value(isolation_tests)  # the probe travels by value to the worker
     pool = RayExecutor(num_cpus=1)
     try:
-        ((_, faults),) = list(pool.map(probe, [("probe", ())]))
+        ((_, faults),) = list(pool.map(isolation_tests.heap_faults, [("probe", ())]))
     finally:
         pool.close()
+        cloudpickle.unregister_pickle_by_value(isolation_tests)
     assert not isinstance(faults, BaseException), faults
     assert max(faults[1:]) < 50, faults
