@@ -5,7 +5,8 @@ few of its entries, fewer samples and a shorter training (``reduced``), and chec
 of ``side_by_side.py`` (the statements docs/reproductions.md reports) on the results. The
 protocol (the defenses' and attacks' settings) is the file's; only the scale is the test's. A
 direction that does not hold at this scale is an ``xfail(strict=True)`` with the measured
-figures in its reason.
+figures in its reason; one whose result flips between runs (a margin of a sample or two) is a
+non-strict ``xfail`` saying so.
 """
 from __future__ import annotations
 
@@ -118,6 +119,10 @@ def seed000(tmp_path_factory, registry):
     return run(data, registry, tmp_path_factory.mktemp("seed000"))
 
 
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
+    "does not reproduce reliably at this scale: combined 65.0% vs standard 62.5% (of 40 samples, one "
+    "sample apart) in one fresh-clone run, a tie at 65.0% vs 65.0% in the next; not strict because the "
+    "training differs between runs, so it sometimes holds; needs more samples (issue 14)"))
 def test_seed000_combined_beats_the_undefended_model_under_cw(seed000):
     """Table III: combined 75% vs standard 3% under C&W-L2 at ε = 1 (MNIST)."""
     check(seed000, direction("seed000", "combined beats the undefended model under CW-L2 (ε = 1)"))
