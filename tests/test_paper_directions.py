@@ -121,7 +121,7 @@ def seed000(tmp_path_factory, registry):
 
 @pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
     "does not reproduce reliably at this scale: combined 65.0% vs standard 62.5% (of 40 samples, one "
-    "sample apart) in one fresh-clone run, a tie at 65.0% vs 65.0% in the next; not strict because the "
+    "sample apart) in an earlier run, a tie at 65.0% vs 65.0% in a fresh-clone run; not strict because the "
     "training differs between runs, so it sometimes holds; needs more samples (issue 14)"))
 def test_seed000_combined_beats_the_undefended_model_under_cw(seed000):
     """Table III: combined 75% vs standard 3% under C&W-L2 at ε = 1 (MNIST)."""
