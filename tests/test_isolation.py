@@ -306,6 +306,55 @@ def test_the_attacker_process_takes_the_harness_threads_without_spinning(monkeyp
         torch.set_num_threads(before)
 
 
+class DiesMidQueries(FixedBudgetAttack):
+    """Test black-box attack that asks a few queries, then ends its process between two."""
+
+    id: ClassVar[str] = "dies-mid-queries"
+    knowledge: ClassVar = arena.threat.Knowledge.BLACK_BOX
+
+    def run(self, model, x, y, eps, targets):
+        for _ in range(3):
+            model(x)
+        os._exit(3)
+
+
+def test_the_harness_stops_waiting_when_the_attacker_process_dies(monkeypatch):
+    """The harness waits for the next query by polling the pipe for a few milliseconds before a
+    blocking read; an attacker process that dies between queries ends that wait at once (the
+    pipe's end-of-file), fails its attack only, and the next attack gets a fresh process."""
+    monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "1")
+    from arena import testing
+    from arena.errors import AttackError
+
+    model, (x, y) = testing.trained_model(), testing.attack_batch(4)
+    start = time.monotonic()
+    with pytest.raises(AttackError, match="'dies-mid-queries': its attacker process died"):
+        DiesMidQueries()(model, x, y, 0.1, seed=0)
+    assert time.monotonic() - start < 30  # a hang would sit here until pytest's own limits
+    assert Threads()(model, x, y, 0.1, seed=0).details["pid"] != os.getpid()
+
+
+def test_the_wait_for_a_query_returns_late_messages_and_ends_at_end_of_file():
+    """``_wait`` polls for ``spin`` seconds, then blocks: a message arriving after the spin is
+    still read, and a closed pipe raises EOFError instead of spinning or blocking for ever."""
+    import multiprocessing as mp
+    import pickle
+    import threading
+
+    from arena import isolation
+
+    ours, theirs = mp.Pipe()
+    late = threading.Timer(0.05, lambda: theirs.send_bytes(pickle.dumps(("query", 7))))
+    late.start()
+    assert isolation._wait(ours, spin=0.001) == ("query", 7)  # sent long after a 1 ms spin
+    theirs.send_bytes(pickle.dumps(("done", 8)))
+    assert isolation._wait(ours, spin=0.5) == ("done", 8)  # there already: no spin at all
+    threading.Timer(0.05, theirs.close).start()
+    with pytest.raises(EOFError):
+        isolation._wait(ours, spin=0.001)
+    late.join()
+
+
 @pytest.mark.parametrize("isolated", [True, False])
 def test_a_gray_box_attack_runs_where_the_defense_does_not_exist(tmp_path, monkeypatch, isolated):
     monkeypatch.setenv("ARENA_ISOLATE_ATTACKS", "1" if isolated else "0")
