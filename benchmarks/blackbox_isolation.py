@@ -4,8 +4,8 @@ black-box attack took before) against the attacker process (the default), on the
 samples, settings and seed, cases interleaved, median of the repeats. The attacker process is
 timed twice: as it runs (the harness polls for the next query for ``isolation.WAIT_SPIN``
 seconds before it blocks) and with a plain blocking wait (``WAIT_SPIN = 0``), the harness's CPU
-time beside each wall time. The attacker process is
-started once, before the timed runs; its start-up is reported apart. Strength is reported next to
+time beside each wall time. The attacker process is started once, before the timed runs; its
+start-up is reported apart. Strength is reported next to
 speed: both paths must give the same adversarial examples and query counts. This process is the
 harness, as a tournament's worker process is, and sets up its heap as a worker does
 (:func:`arena.processes.steady_heap`; ``--default-heap`` leaves glibc's defaults).
@@ -46,7 +46,7 @@ def timed(attack, model, x, y, eps, mode: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
