@@ -272,7 +272,8 @@ def _serve(conn: Any, harness_end: Any = None) -> None:
             out = out.cpu() if isinstance(out, torch.Tensor) else _to(out, torch.device("cpu"))
             _send(conn, ("done", out))
         except BaseException as exc:  # the plugin's own error, reported by the harness
-            _send(conn, ("error", portable(exc, AttackError)))
+            if not _report(conn, exc):
+                return
 
 
 def _call(conn: Any, attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, eps: float | None,
@@ -285,4 +286,15 @@ def _call(conn: Any, attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, 
             setattr(result, name, getattr(result, name).cpu())
         _send(conn, ("done", result))
     except BaseException as exc:
+        _report(conn, exc)
+
+
+def _report(conn: Any, exc: BaseException) -> bool:
+    """Send the harness the error ``exc`` of its task; False where the harness is gone (killed,
+    e.g. at its hard time limit: the error was most likely the closed pipe itself), and this
+    process ends quietly (its next read sees the end of the pipe)."""
+    try:
         _send(conn, ("error", portable(exc, AttackError)))
+        return True
+    except (OSError, EOFError):
+        return False

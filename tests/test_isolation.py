@@ -419,3 +419,60 @@ def test_a_worker_answers_by_value(device):
         assert value.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     finally:
         pool.close()
+
+
+DRIVER_GONE = """
+import multiprocessing as mp, time
+from arena.tournament import workers
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    p = ctx.Process(target=workers._serve, args=(theirs,))
+    p.start()
+    theirs.close()
+    ours.send((time.sleep, (0.5,), {}, None))  # a task still running when the driver goes
+    ours.close()
+    p.join(30)
+    print("exit", p.exitcode)
+"""
+
+
+def test_a_worker_whose_driver_is_gone_exits_without_a_traceback():
+    """A driver killed by SIGKILL leaves its workers to find the pipe closed when they answer:
+    each must exit quietly (a BrokenPipeError traceback, twice over, was printed on the user's
+    terminal after a `kill -9` of `arena run`)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", DRIVER_GONE], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "exit 0", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+
+
+HARNESS_GONE = """
+import multiprocessing as mp
+import torch
+from arena import isolation, testing
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    p = ctx.Process(target=isolation._serve, args=(theirs,))
+    p.start()
+    theirs.close()
+    attack = testing.registry().make_attack("hopskipjump", max_iterations=2, init_evals=10)
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    isolation._send(ours, ("attack", 1, attack, x, y, None, None, "cpu", 0, "labels", None))
+    ours.close()  # the harness is gone before the attack's first query
+    p.join(60)
+    print("exit", p.exitcode)
+"""
+
+
+def test_an_attacker_process_whose_harness_is_gone_exits_without_a_traceback():
+    """The same for the attacker process: a harness killed (e.g. at its hard time limit) while
+    its black-box attack runs leaves the attack's next query without a pipe; the attacker
+    process ends quietly instead of printing the failed report of that failure."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", HARNESS_GONE], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "exit 0", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr

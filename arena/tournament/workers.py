@@ -213,10 +213,14 @@ def _serve(conn: Any, driver_end: Any = None) -> None:
         except BaseException as exc:  # SystemExit and KeyboardInterrupt of a plugin included
             answer = ("error", portable(exc))
         try:
-            conn.send_bytes(_by_value(answer))
+            data = _by_value(answer)
         except Exception as exc:  # a result that cannot be pickled fails its task, not the worker
-            conn.send_bytes(_by_value(("error", WorkerFailed(f"the task's result could not be sent back: "
-                                                             f"{type(exc).__name__}: {exc}"))))
+            data = _by_value(("error", WorkerFailed(f"the task's result could not be sent back: "
+                                                    f"{type(exc).__name__}: {exc}")))
+        try:
+            conn.send_bytes(data)
+        except OSError:  # the driver is gone (killed): nobody to answer, nothing to print
+            return
 
 
 def _by_value(answer: tuple[str, Any]) -> bytes:
