@@ -5,7 +5,7 @@ samples, settings and seed, cases interleaved, median of the repeats. The attack
 timed twice: as it runs (the harness polls for the next query for ``isolation.WAIT_SPIN``
 seconds before it blocks) and with a plain blocking wait (``WAIT_SPIN = 0``), the harness's CPU
 time beside each wall time. The attacker process is started once, before the timed runs; its
-start-up is reported apart. Strength is reported next to
+start-up (with the first, untimed attack) is reported apart. Strength is reported next to
 speed: both paths must give the same adversarial examples and query counts. This process is the
 harness, as a tournament's worker process is, and sets up its heap as a worker does
 (:func:`arena.processes.steady_heap`; ``--default-heap`` leaves glibc's defaults).
@@ -57,12 +57,14 @@ def main() -> None:
     model, (x, y) = testing.trained_model(), testing.attack_batch(args.samples)
     registry = testing.registry()
     start = time.perf_counter()
-    isolation.host()
-    print(f"attacker process start-up: {time.perf_counter() - start:.2f} s (once per worker)")
+    isolation.host()  # starts the process; its interpreter imports torch while this one goes on
     for name in args.cases:
         attack_id, params, eps = CASES[name]
         attack = registry.make_attack(attack_id, **params)
         timed(attack, model, x, y, eps, "attacker process")  # its module imported over there
+        if name == args.cases[0]:
+            print(f"attacker process start-up and first, untimed {name}: {time.perf_counter() - start:.2f} s "
+                  "(once per worker)")
         times: dict[str, list[float]] = {mode: [] for mode in MODES}
         cpus: dict[str, list[float]] = {mode: [] for mode in MODES}
         results = {}
