@@ -29,10 +29,12 @@ def test_every_published_cell_maps_to_an_entry_of_the_papers_file(paper, registr
         kind = cell[0]
         if kind == "clean":
             assert cell[1] in defenses, cell
-        elif kind == "acc":
+        elif kind in ("acc", "instance"):
             _, d, a, b = cell
             assert d in defenses and a in budgets and b in budgets[a], cell
-            assert plan.defense(d) and next(x for x in plan.attacks if x.label == a).faces(d), cell
+            attack = next(x for x in plan.attacks if x.label == a)
+            assert plan.defense(d) and attack.faces(d), cell
+            assert kind == "acc" or attack.targets is not None, cell  # instances exist in a targeted match only
         else:
             _, name, d, a, b = cell
             assert name in metrics and d in defenses, cell
@@ -46,3 +48,17 @@ def test_every_published_cell_maps_to_an_entry_of_the_papers_file(paper, registr
 def test_a_direction_is_judged_on_the_arenas_figures():
     assert side.holds(2.0, ">", 1.0) and not side.holds(1.0, ">", 2.0)
     assert side.holds("failed", ">", 1.0) is None  # a failed match reproduces nothing
+
+
+def test_an_instance_cell_is_clean_accuracy_times_the_share_of_targets_missed():
+    from types import SimpleNamespace as NS
+    results = side.Results.__new__(side.Results)
+    results.scale = {}
+    results.models = {"combined": NS(clean_accuracy=2 / 3)}
+    results.matches = {("combined", "cw-l2-t", 1.0): NS(ok=True, status="ok", robust_accuracy=1 / 3, success_rate=0.25),
+                       ("combined", "pgd-l2-t", 1.0): NS(ok=False, status="timeout", robust_accuracy=None,
+                                                        success_rate=None)}
+    assert results.value(("instance", "combined", "cw-l2-t", 1.0)) == pytest.approx(50.0)
+    assert results.value(("acc", "combined", "cw-l2-t", 1.0)) == pytest.approx(100 / 3)
+    assert results.value(("instance", "combined", "pgd-l2-t", 1.0)) == "timeout"
+    assert results.value(("instance", "standard", "cw-l2-t", 1.0)) is None

@@ -2,7 +2,8 @@
 
     python tournaments/papers/side_by_side.py seed003 results/seed003-pdm.db [--run N]
 
-prints, for the paper (``seed000`` … ``seed004``; ``seed004-eot`` for Table 5's own file), each
+prints, for the paper (``seed000`` … ``seed004``; ``seed000-targeted`` and ``seed004-eot`` for
+the targeted half of seed 000's Table III and for seed 004's Table 5, which have files of their own), each
 headline table with the published value and the arena's next to each other (``published /
 arena``), then each headline direction the paper claims with its published figures, the arena's,
 and whether it reproduces. The
@@ -14,6 +15,10 @@ A cell is one of:
 
 * ``("clean", defense)``: the clean accuracy of an entry (%);
 * ``("acc", defense, attack, budget)``: the robust accuracy of a match (%);
+* ``("instance", defense, attack, budget)``: for a targeted match, the accuracy over its
+  (sample, target) attack instances as a paper that counts instances reports it, estimated as
+  clean accuracy × (1 − the share of instances that reach their target) (%): an instance that
+  misses its target but lands on a third class counts as correct here;
 * ``("metric", metric, defense, attack, budget)``: a metric's value (``attack`` "" and
   ``budget`` 0 for a model metric).
 """
@@ -106,6 +111,60 @@ SEED000 = {
                   _acc("combined", "cw-l2-transfer", 1.0), ">", _s000("combined", "CW-L2", 1.0), (96, 75)),
         Direction("ns-loss is weaker than jacobian-reg against transferred PGD-L2 (ε = 5)",
                   _acc("ns-loss", "pgd-l2-transfer", 5.0), "<", _acc("jacobian-reg", "pgd-l2-transfer", 5.0), (44, 86)),
+    ],
+}
+
+S000_T3_TARGETED = {  # Table III (MNIST), targeted rows, ε = 1 | 5, columns as S000_COLS
+    "CW-L2": [(17, 4), (54, 33), (64, 0), (94, 60)], "CW-L2 high confidence": [(48, 8), (97, 5), (97, 51), (99, 78)],
+    "CW-L2 strong": [(9, 1), (64, 0), (48, 26), (94, 52)], "PGD-L2": [(53, 6), (80, 0), (37, 11), (88, 16)],
+    "HopSkipJump": [(71, 69), (93, 78), (56, 49), (97, 89)]}
+
+
+def _s000t(kind: str, d: str, row: str, b: float) -> Cell:
+    """A targeted Table III cell: the targeted file runs every attack against every entry."""
+    return (kind, d, S000_ATTACK[row] + "-t", b)
+
+
+SEED000_TARGETED = {
+    "tables": [
+        Table("Table III (MNIST), targeted rows: adversarial test accuracy over the (sample, target) instances (%), "
+              "the arena's estimated as clean × (1 − targets reached), L2 ε = 1 | 5",
+              [f"{d} ε={b:g}" for d in S000_COLS for b in (1, 5)],
+              [(row, [(pub, _s000t("instance", d, row, b)) for d, pair in zip(S000_COLS, S000_T3_TARGETED[row])
+                      for pub, b in zip(pair, (1.0, 5.0))]) for row in S000_T3_TARGETED]),
+        Table("The same matches as the arena scores them: robust accuracy (%), a sample broken when any of its "
+              "9 targeted examples is misclassified (a lower bound on the row above)",
+              [f"{d} ε={b:g}" for d in S000_COLS for b in (1, 5)],
+              [(row, [(pub, _s000t("acc", d, row, b)) for d, pair in zip(S000_COLS, S000_T3_TARGETED[row])
+                      for pub, b in zip(pair, (1.0, 5.0))]) for row in S000_T3_TARGETED]),
+        Table("Fig. 1a (CIFAR-10 in the paper): C&W-L2 targeted with restarts against the combination, per instance (%)",
+              ["ε=1", "ε=5"],
+              [("CW-L2", [(None, ("instance", "combined", "cw-l2-t", b)) for b in (1.0, 5.0)]),
+               ("CW-L2 with 10 restarts", [(None, ("instance", "combined", "cw-restarts-t", b)) for b in (1.0, 5.0)])]),
+    ],
+    "directions": [
+        Direction("combined beats the undefended model under targeted CW-L2 (ε = 1)",
+                  _s000t("instance", "combined", "CW-L2", 1.0), ">", _s000t("instance", "standard", "CW-L2", 1.0), (94, 17)),
+        Direction("jacobian-reg beats the undefended model under targeted CW-L2 (ε = 5)",
+                  _s000t("instance", "jacobian-reg", "CW-L2", 5.0), ">", _s000t("instance", "standard", "CW-L2", 5.0),
+                  (33, 4)),
+        Direction("combined beats the undefended model under targeted CW-L2 high confidence (ε = 5)",
+                  _s000t("instance", "combined", "CW-L2 high confidence", 5.0), ">",
+                  _s000t("instance", "standard", "CW-L2 high confidence", 5.0), (78, 8)),
+        Direction("ns-loss beats the undefended model under targeted CW-L2 high confidence (ε = 5)",
+                  _s000t("instance", "ns-loss", "CW-L2 high confidence", 5.0), ">",
+                  _s000t("instance", "standard", "CW-L2 high confidence", 5.0), (51, 8)),
+        Direction("combined beats jacobian-reg under targeted CW-L2 high confidence (ε = 5)",
+                  _s000t("instance", "combined", "CW-L2 high confidence", 5.0), ">",
+                  _s000t("instance", "jacobian-reg", "CW-L2 high confidence", 5.0), (78, 5)),
+        Direction("combined beats the undefended model under targeted PGD-L2 (ε = 1)",
+                  _s000t("instance", "combined", "PGD-L2", 1.0), ">", _s000t("instance", "standard", "PGD-L2", 1.0), (88, 53)),
+        Direction("combined beats the undefended model under HopSkipJump (ε = 5)",
+                  _s000t("instance", "combined", "HopSkipJump", 5.0), ">",
+                  _s000t("instance", "standard", "HopSkipJump", 5.0), (89, 69)),
+        Direction("jacobian-reg beats the undefended model under HopSkipJump (ε = 5)",
+                  _s000t("instance", "jacobian-reg", "HopSkipJump", 5.0), ">",
+                  _s000t("instance", "standard", "HopSkipJump", 5.0), (78, 69)),
     ],
 }
 
@@ -311,10 +370,11 @@ SEED001 = {
     ],
 }
 
-PAPERS: dict[str, dict[str, Any]] = {"seed000": SEED000, "seed001": SEED001, "seed002": SEED002, "seed003": SEED003, "seed004": SEED004,
+PAPERS: dict[str, dict[str, Any]] = {"seed000": SEED000, "seed000-targeted": SEED000_TARGETED, "seed001": SEED001, "seed002": SEED002, "seed003": SEED003, "seed004": SEED004,
                                   "seed004-eot": SEED004_EOT}
 #: The Fashion-MNIST file whose results each paper's tables read.
-FILES = {"seed000": "seed000-nsloss-jacobian.toml", "seed001": "seed001-efficient-defenses.toml", "seed002": "seed002-jacobian-reg.toml",
+FILES = {"seed000": "seed000-nsloss-jacobian.toml", "seed000-targeted": "seed000-nsloss-jacobian-targeted.toml",
+         "seed001": "seed001-efficient-defenses.toml", "seed002": "seed002-jacobian-reg.toml",
          "seed003": "seed003-pdm.toml", "seed004": "seed004-learning-masking.toml",
          "seed004-eot": "seed004-learning-masking-eot.toml"}
 
@@ -359,6 +419,13 @@ class Results:
             if m is None:
                 return None
             return 100 * m.robust_accuracy if m.ok and m.robust_accuracy is not None else m.status
+        if kind == "instance":
+            m, model = self.matches.get(tuple(cell[1:])), self.models.get(cell[1])
+            if m is None or model is None:
+                return None
+            if not m.ok or m.success_rate is None:
+                return m.status
+            return 100 * model.clean_accuracy * (1 - m.success_rate)
         v = self.metrics.get(tuple(cell[1:]))
         if v is None:
             return None
