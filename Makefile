@@ -36,9 +36,13 @@ chromium:
 		|| echo "note: chromium not installed; the browser test will be skipped"
 
 # One OpenMP thread per process: the test models are tiny, and two spinning threads on two
-# shared cores made some runs 10x slower in measurements.
+# shared cores made some runs 10x slower in measurements. TEST_WORKERS pytest processes side by
+# side (pytest-xdist), each taking whole test files, so that a file's module fixtures are built
+# once; the slowest file starts first (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) fashion-mnist chromium
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=30
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=30 \
+		$(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 clean:
 	rm -rf $(VENV) results .arena .pytest_cache
