@@ -195,15 +195,15 @@ def with_python_plugins(base: Registry | None = None) -> Registry:
 def run_tournament(plan: Any, db: str | Path, *, executor: str = "local", address: str | None = None,
                    resume: bool = False, cache_dir: str | Path | None = ".arena/cache", progress: bool = False,
                    source: str | None = None, source_file: str | Path | None = None,
-                   started: list[Any] | None = None, reuse: bool = True) -> tuple[int, Any]:
+                   started: list[Any] | None = None, reuse: bool = True, workers: int = 1) -> tuple[int, Any]:
     """Run a tournament into the results database ``db``: returns ``(run_id, store)``, the store
     still open (the caller closes it).
 
     ``plan`` is a :class:`~arena.tournament.plan.Plan`, or a function returning one: it is then
     called after the local executor's worker processes have started warming up (their forkserver
     imports torch and the plugins while this process loads the plan). ``executor``: ``local``
-    (worker processes), ``inline`` (this process) or ``ray`` (with the plan's ``[resources]``;
-    ``address`` joins a cluster). ``resume`` finishes the newest unfinished run of the same
+    (``workers`` worker processes, each with an equal share of the cores), ``inline`` (this
+    process) or ``ray`` (with the plan's ``[resources]``; ``address`` joins a cluster). ``resume`` finishes the newest unfinished run of the same
     configuration in an existing ``db``. ``source_file`` is the tournament file, stored with the
     run (read after the plan is loaded); ``source`` the name stored for it (default: the file's
     path). ``started`` receives the :class:`~arena.tournament.runner.Runner` once it is built (it
@@ -214,7 +214,7 @@ def run_tournament(plan: Any, db: str | Path, *, executor: str = "local", addres
 
     if executor == "local":  # the forkserver imports torch and the plugins while the plan loads
         warm_up()
-    pool = make_executor(executor) if executor != "ray" else None
+    pool = make_executor(executor, workers=workers) if executor != "ray" else None
     store = None
     try:
         plan = plan() if callable(plan) else plan

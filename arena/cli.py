@@ -275,6 +275,9 @@ def _shown(value: Any) -> str:
 @click.option("--executor", type=click.Choice(["local", "ray", "inline"]), default="local",
               help="worker processes of this machine, Ray tasks, or this very process (debugging)")
 @click.option("--address", default=None, help="Ray cluster to join (default: start a local one)")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="local executor: tasks run at once, each in its own worker process with an equal share of "
+                   "the cores (a sharded match's shards spread over them)")
 @click.option("--resume", is_flag=True, help="finish the newest unfinished run of this file")
 @click.option("--fresh", is_flag=True,
               help="compute every result again (default: take those an earlier run of DB stored under the same key)")
@@ -290,8 +293,8 @@ def _shown(value: Any) -> str:
               help="leaderboard format printed at the end")
 @click.pass_obj
 @user_errors
-def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None, resume: bool,
-        fresh: bool, dry_run: bool, cache_dir: Path, quiet: bool, verbose: bool, log: Path | None,
+def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None, workers: int,
+        resume: bool, fresh: bool, dry_run: bool, cache_dir: Path, quiet: bool, verbose: bool, log: Path | None,
         fmt: str) -> None:
     """Run the tournament in FILE and print its leaderboard.
 
@@ -314,12 +317,17 @@ def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str 
     if dry_run:
         _dry_run(obj, file, db)
         return
+    if workers > 1 and executor != "local":
+        from arena.errors import ConfigError
+
+        raise ConfigError(f"--workers {workers} is for the local executor; a Ray cluster runs as many tasks "
+                          f"as its CPUs allow (see [resources] in the tournament file)")
     output = _output(quiet, verbose, log)
     started: list[Any] = []  # the runner, once built: it knows the run id
     previous = _on_sigterm(_raise_interrupted)
     try:
         run_id, store = _run_tournament(obj, file, db, executor, address, resume, cache_dir, output, started,
-                                        reuse=not fresh)
+                                        reuse=not fresh, workers=workers)
     except (KeyboardInterrupt, Interrupted) as exc:
         run_id = getattr(started[0], "run_id", None) if started else None
         stopped = f"run {run_id} stopped; finish it with --resume" if run_id is not None else "no run started"
@@ -333,7 +341,7 @@ def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str 
 
 def _run_tournament(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None,
                     resume: bool, cache_dir: Path, output: Any, started: list[Any],
-                    reuse: bool = True) -> tuple[int, Any]:
+                    reuse: bool = True, workers: int = 1) -> tuple[int, Any]:
     if executor == "local":  # the workers' forkserver imports torch while this process does too
         from arena.tournament.workers import warm_up
 
@@ -343,7 +351,8 @@ def _run_tournament(obj: CliState, file: Path, db: Path | None, executor: str, a
 
     return run_tournament(lambda: load_tournament(file, obj.registry), db or Path("results") / f"{file.stem}.db",
                           executor=executor, address=address, resume=resume, cache_dir=cache_dir,
-                          progress=output, source=str(file), source_file=file, started=started, reuse=reuse)
+                          progress=output, source=str(file), source_file=file, started=started, reuse=reuse,
+                          workers=workers)
 
 
 def _dry_run(obj: CliState, file: Path, db: Path | None) -> None:

@@ -179,6 +179,21 @@ def test_the_local_executor_shards_gray_box_matches_alike(reg, cache, tmp_path):
     assert results[0] == results[1]
 
 
+def test_two_local_workers_store_the_rows_of_one_process(reg, cache, tmp_path):
+    """Matches and their shards side by side in two worker processes (``arena run --workers 2``):
+    the rows of an unsharded run in this process, targeted, minimal and randomised alike."""
+    data = {**BASE, "attacks": [a for a in ATTACKS if a["id"] != "counted"]}  # counted: CALLS in this process
+    whole, whole_id = play(reg, {**data, "shards": 1}, tmp_path / "whole.db", cache)
+    pool = LocalExecutor(workers=2)
+    try:
+        split, split_id = play(reg, {**data, "shards": 2}, tmp_path / "split.db", cache, executor=pool)
+        assert sum(p.started for p in pool.pools) == 2  # both workers ran tasks
+    finally:
+        pool.close()
+    assert rows(whole, whole_id) == rows(split, split_id)
+    assert set(sharded(split, split_id).values()) == {2}
+
+
 def test_the_ray_executor_shards_alike(reg, cache, tmp_path):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     data = {**BASE, "defenses": [{"id": "standard"}],

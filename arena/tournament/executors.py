@@ -15,6 +15,8 @@ driver alone writes the database.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -54,31 +56,94 @@ class InlineExecutor:
 
 
 class LocalExecutor:
-    """Runs every task, one after another, in a worker process that the driver can kill
-    (:mod:`arena.tournament.workers`): a crash, an exit, a hang past the hard time limit or
-    memory a plugin keeps fails that task only, and the next task gets a fresh worker. Uses the
-    GPU when present."""
+    """Runs tasks in worker processes that the driver can kill (:mod:`arena.tournament.workers`):
+    a crash, an exit, a hang past the hard time limit or memory a plugin keeps fails that task
+    only, and the next task gets a fresh worker. ``workers`` tasks run at once, each in its own
+    worker (``arena run --workers N``); with more than one, each worker gets an equal share of the
+    machine's torch threads (``OMP_NUM_THREADS``, or one per core, divided by ``workers``; at
+    least one), so that the workers do not contend for the cores. Uses the GPU when present."""
 
     name = "local"
-    parallelism = 1
 
-    def __init__(self) -> None:
-        self.pool = WorkerPool()
+    def __init__(self, workers: int = 1) -> None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ConfigError(f"workers: expected a whole number of worker processes of at least 1, got {workers!r}")
+        threads = None
+        if workers > 1:
+            import torch  # this process's count is the machine's: OMP_NUM_THREADS, or one per core
+
+            threads = max(1, torch.get_num_threads() // workers)
+        self.pools = [WorkerPool(threads=threads) for _ in range(workers)]
+        self.pool = self.pools[0]
+
+    @property
+    def parallelism(self) -> int:
+        return len(self.pools)
 
     def share(self, obj: Any) -> Any:
         return obj if isinstance(obj, Shared) else Shared.of(obj)
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
-        for key, args, options in map(_unpack, jobs):
+        if len(self.pools) == 1:
+            for key, args, options in map(_unpack, jobs):
+                yield key, self._run(self.pool, fn, args, options)
+            return
+        yield from self._parallel(fn, jobs)
+
+    def _run(self, pool: WorkerPool, fn: Callable[..., Any], args: tuple, options: dict[str, Any]) -> Any:
+        try:
+            return pool.run(fn, args, **{k: v for k, v in options.items() if k in POOL_OPTIONS})
+        except Interrupted:  # SIGTERM to the driver, not a fault of the task
+            raise
+        except Exception as exc:  # reported by the driver, never fatal to the tournament
+            return exc
+
+    def _parallel(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
+        """Up to one task per worker in flight, each waited on by a thread of its own; jobs are
+        taken from ``jobs`` (in this thread) only as a worker falls idle, so that what the caller
+        learns from a result can still change the jobs it has not handed out."""
+        done: queue.Queue = queue.Queue()
+        idle = list(reversed(self.pools))
+        pending = iter(map(_unpack, jobs))
+        running: dict[int, threading.Thread] = {}  # id(pool): the thread waiting on its task
+        exhausted = False
+
+        def one(pool: WorkerPool, key: Any, args: tuple, options: dict[str, Any]) -> None:
             try:
-                yield key, self.pool.run(fn, args, **{k: v for k, v in options.items() if k in POOL_OPTIONS})
-            except Interrupted:  # SIGTERM to the driver, not a fault of the task
-                raise
-            except Exception as exc:  # reported by the driver, never fatal to the tournament
-                yield key, exc
+                result = self._run(pool, fn, args, options)
+            except BaseException as exc:  # noqa: BLE001 (handed to the driver's thread, as a result)
+                result = exc
+            done.put((pool, key, result))
+
+        try:
+            while True:
+                while idle and not exhausted:
+                    try:
+                        key, args, options = next(pending)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pool = idle.pop()
+                    thread = threading.Thread(target=one, args=(pool, key, args, options), daemon=True,
+                                              name="arena-task-wait")
+                    running[id(pool)] = thread
+                    thread.start()
+                if not running:
+                    return
+                pool, key, result = done.get()
+                running.pop(id(pool)).join()
+                idle.append(pool)
+                yield key, result
+        finally:  # left early (interrupted): no task may outlive this map in a worker a later one uses
+            for pool in self.pools:
+                thread = running.get(id(pool))
+                if thread is not None:
+                    pool.close()  # kills the busy worker: its thread's wait ends at once
+                    thread.join(10)
 
     def close(self) -> None:
-        self.pool.close()
+        for pool in self.pools:
+            pool.close()
 
 
 POOL_OPTIONS = ("timeout", "keep")  # the job options a worker pool takes
@@ -171,9 +236,9 @@ def _in_steady_heap(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def make_executor(name: str, address: str | None = None, num_cpus: float = 1.0,
-                  num_gpus: float = 0.0) -> LocalExecutor | RayExecutor | InlineExecutor:
+                  num_gpus: float = 0.0, workers: int = 1) -> LocalExecutor | RayExecutor | InlineExecutor:
     if name == "local":
-        return LocalExecutor()
+        return LocalExecutor(workers)
     if name == "inline":
         return InlineExecutor()
     if name == "ray":

@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 from arena.processes import Worker, WorkerFailed, portable, steady_heap
@@ -92,8 +93,9 @@ class WorkerPool:
     """Runs tasks one at a time in a worker process, replacing it when it dies, is killed, or
     holds more than ``max_rss`` bytes after a task (memory a plugin kept)."""
 
-    def __init__(self, max_rss: int | None = 8 << 30) -> None:
+    def __init__(self, max_rss: int | None = 8 << 30, threads: int | None = None) -> None:
         self.max_rss = max_rss
+        self.threads = threads  # the worker's torch threads (None: torch's default)
         self.ctx = warm_up()
         self.worker: Worker | None = None
         self.started = 0
@@ -105,7 +107,7 @@ class WorkerPool:
             if self.worker is None or not self.worker.alive():
                 if self.worker is not None:
                     self.worker.kill()
-                self.worker = Worker(self.ctx, _serve)
+                self.worker = Worker(self.ctx, _serve if self.threads is None else partial(_serve, threads=self.threads))
                 self.started += 1
             return self.worker
 
@@ -186,10 +188,15 @@ def _describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
-def _serve(conn: Any, driver_end: Any = None) -> None:
-    """The worker's loop: run each task sent, answer ("ok", result) or ("error", exception)."""
+def _serve(conn: Any, driver_end: Any = None, threads: int | None = None) -> None:
+    """The worker's loop: run each task sent, answer ("ok", result) or ("error", exception),
+    with ``threads`` torch threads when given (workers side by side share the cores)."""
     if driver_end is not None:
         driver_end.close()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     mp.current_process().daemon = False  # a worker may start an attacker process (arena.isolation)
     faulthandler.disable()  # a crashing plugin is reported by the driver, not dumped by a handler it inherited
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles ^C and ends its workers
