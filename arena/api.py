@@ -212,6 +212,9 @@ def run_tournament(plan: Any, db: str | Path, *, executor: str = "local", addres
     from arena.tournament.executors import make_executor
     from arena.tournament.workers import warm_up
 
+    if workers != 1 and executor != "local":
+        raise ConfigError(f"workers={workers!r} is for the local executor (executor {executor!r} runs "
+                          f"{'one task at a time' if executor == 'inline' else 'as many tasks as the cluster has CPUs'})")
     if executor == "local":  # the forkserver imports torch and the plugins while the plan loads
         warm_up()
     pool = make_executor(executor, workers=workers) if executor != "ray" else None
@@ -812,15 +815,16 @@ class Tournament:
 
     def run(self, db: str | Path | None = None, executor: str = "local", resume: bool = False,
             cache_dir: str | Path | None = ".arena/cache", progress: bool = False,
-            address: str | None = None, reuse: bool = True) -> TournamentResult:
+            address: str | None = None, reuse: bool = True, workers: int = 1) -> TournamentResult:
         """Run (``resume``: finish) the tournament into ``db`` (default :meth:`default_db`), as
         ``arena run`` does; failed matches are stored and listed (:attr:`TournamentResult.failures`),
-        not raised. ``reuse=False`` computes everything again (``arena run --fresh``). A script
+        not raised. ``reuse=False`` computes everything again (``arena run --fresh``); ``workers``
+        worker processes side by side for the local executor (``arena run --workers``). A script
         that uses the local executor needs ``if __name__ == "__main__":``."""
         path = Path(db) if db is not None else self.default_db()
         source = str(self.source_file) if self.source_file is not None else self.plan.source
         run_id, store = run_tournament(self.plan, path, executor=executor, address=address, resume=resume,
                                        cache_dir=cache_dir, progress=progress, source=source,
-                                       source_file=self.source_file, reuse=reuse)
+                                       source_file=self.source_file, reuse=reuse, workers=workers)
         store.close()
         return TournamentResult(self.plan.name, run_id, str(path))

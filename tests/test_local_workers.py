@@ -120,3 +120,17 @@ def test_workers_is_refused_where_it_means_nothing(tmp_path, args, message):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "r.db").exists()
+
+
+def test_the_python_api_refuses_workers_for_another_executor(tmp_path):
+    import arena
+    from arena.errors import ConfigError
+
+    tournament = arena.Tournament.from_dict({"name": "t", "dataset": "digits", "architecture": "mlp",
+                                             "defenses": [{"id": "standard"}],
+                                             "attacks": [{"id": "fgsm", "budgets": [0.1]}]})
+    with pytest.raises(ConfigError, match="workers=2 is for the local executor"):
+        tournament.run(db=tmp_path / "r.db", executor="inline", workers=2)
+    with pytest.raises(ConfigError, match="workers: expected a whole number"):
+        LocalExecutor(workers=0)
+    assert not (tmp_path / "r.db").exists()

@@ -111,3 +111,31 @@ def test_ray_workers_keep_their_freed_buffers():
         cloudpickle.unregister_pickle_by_value(isolation_tests)
     assert not isinstance(faults, BaseException), faults
     assert max(faults[1:]) < 50, faults
+
+
+@pytest.mark.slow
+def test_a_ray_task_past_its_hard_time_limit_is_killed_and_the_next_runs():
+    """The hard limit holds on Ray as in a local worker: a task still running at its ``timeout``
+    (an attack that swallows its soft limit's exception, or never returns) ends its Ray worker and
+    yields a timed-out WorkerFailed; a task that ends its worker by itself is a plain failure; the
+    other tasks, and the next map, run."""
+    import os
+    import time
+
+    from arena.processes import WorkerFailed
+
+    pool = RayExecutor(num_cpus=1)
+    try:
+        started = time.monotonic()
+        results = dict(pool.map(time.sleep, [("hang", (120,), {"timeout": 2.0}), ("quick", (0,), {"timeout": 60})]))
+        waited = time.monotonic() - started
+        crashed = dict(pool.map(os._exit, [("exit", (3,), {"timeout": 60})]))
+        after = dict(pool.map(sum, [("sum", ([1, 2],), {"timeout": 60})]))
+    finally:
+        pool.close()
+    assert isinstance(results["hang"], WorkerFailed) and results["hang"].timed_out, results["hang"]
+    assert "hard time limit of 2 s" in str(results["hang"])
+    assert waited < 60  # killed at its limit, not waited for the 120 s it sleeps
+    assert results["quick"] is None
+    assert isinstance(crashed["exit"], WorkerFailed) and not crashed["exit"].timed_out, crashed["exit"]
+    assert after == {"sum": 3}

@@ -381,6 +381,7 @@ def test_per_attack_resources_reach_the_ray_task_options(reg, tmp_path):
     assert task_options(defaults, options["cw"]) == {"num_cpus": 0.5, "num_gpus": 0.5, "max_retries": 0}
     executor = RayExecutor.__new__(RayExecutor)  # no cluster: Ray's calls recorded
     executor.ray, executor.options, executor.started = FakeRay(), defaults, False
+    executor.expiries = object()  # the hard limit's actor (never called: no task outlives its limit here)
     jobs = [(label, (label,), {**opts, "timeout": 10.0}) for label, opts in options.items()]
     assert dict(executor.map(str.upper, jobs)) == {"cw": "CW", "fgsm": "FGSM", "pgd": "PGD"}
     named = {**defaults, "name": "upper"}  # each task named after the function, not the executor's wrapper

@@ -6,7 +6,7 @@ Each exposes ``share(obj)`` (make a large object available to tasks once) and
 ``map(fn, jobs)``, which yields ``(key, result)`` pairs as tasks finish; a task that raised, or
 whose worker died or was killed, yields its exception instead of a result. A job is
 ``(key, args)`` or ``(key, args, options)``; options are ``timeout`` (a hard limit in seconds:
-the local executor kills the worker), ``keep`` (``(handle, part)``: keep ``part(result)`` in
+the local executor kills the worker, a Ray worker ends itself; the inline executor has none), ``keep`` (``(handle, part)``: keep ``part(result)`` in
 the worker, to be shared as that handle) and ``resources`` (``{"num_cpus": 2, "num_gpus": 0.5}``:
 what the task asks a Ray cluster for instead of the executor's defaults; the other executors
 ignore it). ``parallelism`` is how many tasks the executor runs at once (sharding reads it). The
@@ -14,6 +14,7 @@ driver alone writes the database.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from arena.errors import ConfigError, Interrupted
-from arena.processes import steady_heap
+from arena.processes import WorkerFailed, steady_heap
 from arena.tournament.workers import Shared, WorkerPool
 
 Job = tuple[Any, ...]
@@ -179,6 +180,7 @@ class RayExecutor:
             raise ConfigError("the ray executor needs Ray: pip install 'adversarial-arena[ray]'") from None
         self.ray = ray
         self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 0}
+        self.expiries: Any = None  # the Expiries actor, once a task has a hard limit
         self.started = not ray.is_initialized()
         if self.started:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -206,33 +208,109 @@ class RayExecutor:
         return self.ray.put(obj.value if isinstance(obj, Shared) else obj)
 
     def map(self, fn: Callable[..., Any], jobs: Iterable[Job]) -> Iterator[tuple[Any, Any]]:
+        """Every job submitted at once (the cluster queues what it cannot run yet); results as
+        they come. A job's ``timeout`` is enforced in its Ray worker, from the moment the task
+        starts there (not from submission: a queued task has not used its time): past it a
+        watchdog thread notes the task in a small actor and ends the worker, and the task yields
+        :class:`WorkerFailed` with ``timed_out``."""
         remote = self.ray.remote(**self.options)(_in_steady_heap)
         name = getattr(fn, "__name__", "task")  # Ray's task name: the function's, not the wrapper's
         pending = {}
         for key, args, options in map(_unpack, jobs):
             own = task_options(self.options, options)
-            pending[remote.options(name=name, **own).remote(fn, *args)] = key
+            timeout = options.get("timeout")
+            limit = None if timeout is None else (float(timeout), next(_tokens), self._expiries())
+            pending[remote.options(name=name, **own).remote(fn, limit, *args)] = (key, limit)
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:
-                key = pending.pop(ref)
+                key, limit = pending.pop(ref)
                 try:
                     yield key, self.ray.get(ref)
                 except Interrupted:
                     raise
                 except Exception as exc:  # the task's own exception, wrapped by Ray
-                    yield key, getattr(exc, "cause", None) or exc
+                    yield key, self._failure(exc, limit)
+
+    def _expiries(self) -> Any:
+        """The actor that hears of tasks ended at their hard limit (started on first use)."""
+        if self.expiries is None:
+            self.expiries = self.ray.remote(num_cpus=0)(Expiries).remote()
+        return self.expiries
+
+    def _failure(self, exc: Exception, limit: tuple[float, int, Any] | None) -> Exception:
+        """What a failed task yields: the plugin's own exception, or for a worker that died a
+        :class:`WorkerFailed` (timed out where its watchdog ended it at the hard limit)."""
+        from ray.exceptions import WorkerCrashedError
+
+        if not (isinstance(exc, WorkerCrashedError) or isinstance(getattr(exc, "cause", None), WorkerCrashedError)):
+            return getattr(exc, "cause", None) or exc
+        if limit is not None:
+            timeout, token, expiries = limit
+            try:
+                expired = self.ray.get(expiries.has.remote(token), timeout=30)
+            except Exception:  # the actor is gone: the death is reported as it is
+                expired = False
+            if expired:
+                return WorkerFailed(f"killed after its hard time limit of {timeout:g} s", timed_out=True)
+        return WorkerFailed("the Ray worker process died (a crash, an exit or the memory killer: the plugin's "
+                            "task ended its process)")
 
     def close(self) -> None:
+        if self.expiries is not None and not self.started:  # a cluster we joined keeps running
+            try:
+                self.ray.kill(self.expiries)
+            except Exception:
+                pass
+        self.expiries = None
         if self.started:
             self.ray.shutdown()
 
 
-def _in_steady_heap(fn: Callable[..., Any], *args: Any) -> Any:
+_tokens = itertools.count(1)
+
+
+class Expiries:
+    """A Ray actor (no CPU): the tokens of the tasks whose watchdog ended their worker at the
+    hard time limit, so that the driver tells such a death from a crash."""
+
+    def __init__(self) -> None:
+        self.tokens: set[int] = set()
+
+    def add(self, token: int) -> None:
+        self.tokens.add(token)
+
+    def has(self, token: int) -> bool:
+        return token in self.tokens
+
+
+def _in_steady_heap(fn: Callable[..., Any], limit: tuple[float, int, Any] | None, *args: Any) -> Any:
     """A Ray task: ``fn(*args)`` in a worker whose heap keeps its freed buffers, as the local
-    executor's workers do (:func:`arena.processes.steady_heap`)."""
+    executor's workers do (:func:`arena.processes.steady_heap`). With ``limit`` (seconds, the
+    task's token, the :class:`Expiries` actor) a watchdog thread ends the worker process if the
+    task is still running after that many seconds, having told the actor: an attack that
+    swallows its soft limit's exception, or never returns, cannot hold the worker (Ray starts a
+    fresh one for the next task)."""
     steady_heap()
-    return fn(*args)
+    watchdog = None
+    if limit is not None:
+        watchdog = threading.Timer(limit[0], _hard_limit, limit)
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        return fn(*args)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def _hard_limit(timeout: float, token: int, expiries: Any) -> None:
+    import ray
+
+    try:
+        ray.get(expiries.add.remote(token), timeout=30)
+    finally:
+        os._exit(1)
 
 
 def make_executor(name: str, address: str | None = None, num_cpus: float = 1.0,
