@@ -320,8 +320,9 @@ def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str 
     if workers > 1 and executor != "local":
         from arena.errors import ConfigError
 
-        raise ConfigError(f"--workers {workers} is for the local executor; a Ray cluster runs as many tasks "
-                          f"as its CPUs allow (see [resources] in the tournament file)")
+        why = ("the inline executor runs one task at a time, in this process" if executor == "inline" else
+               "a Ray cluster runs as many tasks as its CPUs allow (see [resources] in the tournament file)")
+        raise ConfigError(f"--workers {workers} is for the local executor; {why}")
     output = _output(quiet, verbose, log)
     started: list[Any] = []  # the runner, once built: it knows the run id
     previous = _on_sigterm(_raise_interrupted)

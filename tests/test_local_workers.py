@@ -108,7 +108,8 @@ def test_each_worker_takes_its_share_of_the_threads():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--workers", "2", "--executor", "ray"], "--workers 2 is for the local executor"),
+    (["--workers", "2", "--executor", "ray"], "--workers 2 is for the local executor; a Ray cluster runs"),
+    (["--workers", "3", "--executor", "inline"], "--workers 3 is for the local executor; the inline executor"),
     (["--workers", "0"], "0 is not in the range x>=1"),
 ])
 def test_workers_is_refused_where_it_means_nothing(tmp_path, args, message):

@@ -6,8 +6,9 @@ Each exposes ``share(obj)`` (make a large object available to tasks once) and
 ``map(fn, jobs)``, which yields ``(key, result)`` pairs as tasks finish; a task that raised, or
 whose worker died or was killed, yields its exception instead of a result. A job is
 ``(key, args)`` or ``(key, args, options)``; options are ``timeout`` (a hard limit in seconds:
-the local executor kills the worker, a Ray worker ends itself; the inline executor has none), ``keep`` (``(handle, part)``: keep ``part(result)`` in
-the worker, to be shared as that handle) and ``resources`` (``{"num_cpus": 2, "num_gpus": 0.5}``:
+the local executor kills the worker, a Ray worker ends itself; the inline executor has none),
+``keep`` (``(handle, part)``: keep ``part(result)`` in the worker, to be shared as that handle)
+and ``resources`` (``{"num_cpus": 2, "num_gpus": 0.5}``:
 what the task asks a Ray cluster for instead of the executor's defaults; the other executors
 ignore it). ``parallelism`` is how many tasks the executor runs at once (sharding reads it). The
 driver alone writes the database.
