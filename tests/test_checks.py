@@ -117,6 +117,15 @@ def test_weaker_access_flag_names_a_transfer_attack_as_transfer(tmp_path):
         "transfer-pgd (transfer) breaks 1 example at ε=0.1 that every white-box attack missed"]
 
 
+def test_an_unbounded_attack_crafted_on_another_model_raises_no_unbounded_flag(tmp_path):
+    """Carlini et al.'s check is for attacks on the judged model: transferred C&W examples from a
+    surrogate, or gray-box ones from the base classifier, need not all carry over."""
+    rows = [("cw-transfer", "black-box", math.inf, "1100", 0, 0.5), ("cw-gray", "gray-box", math.inf, "1100", 0, 0.5),
+            ("hsj", "black-box", math.inf, "1000", 500, 0.75), ("deepfool", "white-box", math.inf, "1000", 3, 0.75)]
+    found = flags(*_store(tmp_path, rows, provenance={"cw-transfer": {"surrogate": "resnet"}}))
+    assert sorted(f.message.split(":")[0] for f in found if f.check == "unbounded-fails") == ["deepfool", "hsj"]
+
+
 def test_model_probe_findings_become_flags(tmp_path):
     checks = {"zero_gradient_share": 0.5, "outputs_probabilities": True, "randomized": True,
               "optimises_at_inference": True}

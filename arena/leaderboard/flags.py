@@ -1,6 +1,6 @@
 """Sanity flags read from a run's results (Carlini et al. 2019, "On Evaluating Adversarial
-Robustness" §5; AutoAttack's flags): accuracy that rises with the budget, unbounded attacks that
-do not reach ~100% success, single-step attacks beating iterative ones, black-box, transfer or
+Robustness" §5; AutoAttack's flags): accuracy that rises with the budget, unbounded attacks on
+the judged model that do not reach ~100% success, single-step attacks beating iterative ones, black-box, transfer or
 gray-box attacks beating white-box ones on some examples, randomised outputs evaluated without an
 adaptive (EOT) attack, and what the model probes of :func:`arena.checks.model_checks` found.
 
@@ -102,8 +102,14 @@ def _monotonic(d: str, matches: list[MatchRecord], tol: float) -> list[Flag]:
 
 
 def _unbounded(d: str, matches: list[MatchRecord], clean: float) -> list[Flag]:
+    """Unbounded attacks on the judged model itself (white-box, adaptive, query-based) that stop
+    short of ~100% success. A transfer or gray-box attack crafts on another model (a surrogate, the
+    base classifier): that its unbounded examples do not all carry over is expected, not a sign of
+    masking, so it raises no flag here."""
     out = []
     for m in matches:
+        if m.threat_model in ("transfer", "gray-box"):
+            continue
         if math.isinf(m.budget) and m.success_rate is not None and m.success_rate < 0.99 and clean > 0:
             out.append(Flag(d, "unbounded-fails", f"{m.attack}: an unbounded attack succeeds on only "
                             f"{100 * m.success_rate:.1f}% of samples",

@@ -2,8 +2,9 @@
 
     python tournaments/papers/side_by_side.py seed003 results/seed003-pdm.db [--run N]
 
-prints, for the paper (``seed000`` … ``seed004``; ``seed000-targeted`` and ``seed004-eot`` for
-the targeted half of seed 000's Table III and for seed 004's Table 5, which have files of their own), each
+prints, for the paper (``seed000`` … ``seed004``; ``seed000-targeted``, ``seed001-cw`` and
+``seed004-eot`` for the targeted half of seed 000's Table III, seed 001's C&W column of Table 4
+and seed 004's Table 5, which have files of their own), each
 headline table with the published value and the arena's next to each other (``published /
 arena``), then each headline direction the paper claims with its published figures, the arena's,
 and whether it reproduces. The
@@ -370,11 +371,37 @@ SEED001 = {
     ],
 }
 
-PAPERS: dict[str, dict[str, Any]] = {"seed000": SEED000, "seed000-targeted": SEED000_TARGETED, "seed001": SEED001, "seed002": SEED002, "seed003": SEED003, "seed004": SEED004,
-                                  "seed004-eot": SEED004_EOT}
+S001_T4_CW = {"CNN": 93.10, "Feature squeezing": 96.75, "Label smoothing": 84.81, "FGSM adv. training": 97.71,
+              "VAT": 96.11, "GDA+RELU": 97.87, "GDA+BRELU": 98.03}  # Table 4's C&W column (MNIST)
+
+SEED001_CW = {
+    "tables": [
+        Table("Table 4 (MNIST), C&W column: black-box, C&W-L2 (κ = 2.3) crafted on the undefended ResNet, accuracy (%)",
+              ["C&W"], [(label, [(S001_T4_CW[label], _acc(d, "cw-transfer", INF))]) for label, d in S001_DEF]),
+        Table("Clean accuracy (%) of the same entries on the file's samples (not in the paper's table)",
+              ["clean"], [(label, [(None, ("clean", d))]) for label, d in S001_DEF]),
+    ],
+    "directions": [
+        Direction("GDA+RELU resists transferred C&W better than the CNN", _acc("gda", "cw-transfer", INF), ">",
+                  _acc("standard", "cw-transfer", INF), (97.87, 93.10)),
+        Direction("GDA+BRELU resists transferred C&W better than the CNN", _acc("gda-brelu", "cw-transfer", INF), ">",
+                  _acc("standard", "cw-transfer", INF), (98.03, 93.10)),
+        Direction("feature squeezing resists transferred C&W better than the CNN",
+                  _acc("feature-squeezing", "cw-transfer", INF), ">", _acc("standard", "cw-transfer", INF), (96.75, 93.10)),
+        Direction("label smoothing resists transferred C&W worse than the CNN",
+                  _acc("label-smoothing", "cw-transfer", INF), "<", _acc("standard", "cw-transfer", INF), (84.81, 93.10)),
+        Direction("GDA+RELU resists transferred C&W better than FGSM adversarial training",
+                  _acc("gda", "cw-transfer", INF), ">", _acc("fgsm-at", "cw-transfer", INF), (97.87, 97.71)),
+    ],
+}
+
+PAPERS: dict[str, dict[str, Any]] = {
+    "seed000": SEED000, "seed000-targeted": SEED000_TARGETED, "seed001": SEED001, "seed001-cw": SEED001_CW,
+    "seed002": SEED002, "seed003": SEED003, "seed004": SEED004, "seed004-eot": SEED004_EOT}
 #: The Fashion-MNIST file whose results each paper's tables read.
 FILES = {"seed000": "seed000-nsloss-jacobian.toml", "seed000-targeted": "seed000-nsloss-jacobian-targeted.toml",
-         "seed001": "seed001-efficient-defenses.toml", "seed002": "seed002-jacobian-reg.toml",
+         "seed001": "seed001-efficient-defenses.toml",
+         "seed001-cw": "seed001-efficient-defenses-cw.toml", "seed002": "seed002-jacobian-reg.toml",
          "seed003": "seed003-pdm.toml", "seed004": "seed004-learning-masking.toml",
          "seed004-eot": "seed004-learning-masking-eot.toml"}
 
