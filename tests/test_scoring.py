@@ -97,10 +97,28 @@ class Coin(InferenceDefense):
         return CoinModel(model, 0.3)
 
 
+class WrongModel(DefendedModel):
+    """Answers the class after the base model's, always: no sample is classified correctly."""
+
+    def forward(self, x):
+        logits = self.base(x)
+        wrong = (logits.argmax(1) + 1) % logits.shape[1]
+        return logits + torch.nn.functional.one_hot(wrong, logits.shape[1]) * 1e3
+
+
+class Wrong(InferenceDefense):
+    """Test defense: classifies every sample wrongly (nothing is left to attack)."""
+
+    id: ClassVar[str] = "wrong"
+
+    def wrap(self, model, data, *, seed=42):
+        return WrongModel(model)
+
+
 plugins = types.ModuleType("scoring_plugins")
 plugins.arena_register_attacks = arena.hookimpl(lambda register: (register(Overshoot), register(Unchanged),
                                                                             register(Seen)))
-plugins.arena_register_defenses = arena.hookimpl(lambda register: register(Coin))
+plugins.arena_register_defenses = arena.hookimpl(lambda register: (register(Coin), register(Wrong)))
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +176,27 @@ targets = "all"
     robust = entrant.clean_correct & ~broken
     assert row.robust_accuracy == pytest.approx(float(robust.float().mean()))
     assert 0 < row.success_rate < 1
+
+
+@pytest.mark.parametrize("targets", ['"all"', '"least-likely"', '"random"', "2"])
+def test_a_targeted_attack_on_an_entrant_that_classifies_nothing_correctly_stores_zero(tmp_path, reg, targets):
+    """Nothing to attack: the match stores robust accuracy 0 (it failed with an IndexError on the
+    empty clean logits, seen in the MNIST seed 000 targeted file at toy scale)."""
+    attacks = f"""
+[[attacks]]
+name = "t"
+id = "pgd"
+params = {{ steps = 2 }}
+budgets = [0.1, 0.3]
+targets = {targets}
+"""
+    _, _, _, rows = tournament(tmp_path, reg, attacks, defenses='[[defenses]]\nid = "wrong"\non = "standard"',
+                               samples=10)
+    for budget in (0.1, 0.3):
+        row = rows[("wrong", "t", budget)]
+        assert (row.status, row.error) == ("ok", None)
+        assert row.robust_accuracy == 0.0 and tuple(row.robust_mask) == (False,) * 10
+    assert rows[("standard", "t", 0.3)].status == "ok"
 
 
 def test_least_likely_and_n_random_targets(tmp_path, reg):

@@ -349,7 +349,7 @@ def _attack(entrant: Entrant, eps: float | None, served: tuple[float, ...], spec
     # a cascade attacks what the earlier attacks left robust
     idx = torch.nonzero(attacked(entrant.clean_correct, spec.survivors, served)).flatten()
     step, clean = batch_size, None
-    if mode is not None:  # the clean logits pick the targets (least-likely) and tell the class count
+    if mode is not None and len(idx):  # the clean logits pick the targets (least-likely) and tell the class count
         with seeded(spec.seed, device), torch.no_grad():
             clean = predict(entrant.model, data.x[idx].to(device), batch_size).cpu()
         step = samples_per_batch(batch_size, mode, clean.shape[1])  # rows, not samples, fill a batch
