@@ -289,3 +289,30 @@ def test_a_match_that_attacked_nothing_gets_n_a_rows(reg):
         if cls.scope is Scope.MATCH:
             outcome = evaluate(reg.make_metric(metric_id), inputs)
             assert outcome["status"] == "n/a" and "attacked no sample" in outcome["error"], metric_id
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0, 0], [0, 1, 2, 3]], ids=["one-class", "one-sample-per-class"])
+def test_davies_bouldin_is_n_a_where_the_index_is_undefined(reg, labels):
+    """The index needs at least two classes and more samples than classes (sklearn raised a
+    ValueError on 4 samples of 4 classes: seen at toy scale, a failed row instead of n/a)."""
+    from arena.metric import ModelInputs, evaluate
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
+
+        def features(self, x):
+            return self.body(x)
+
+        def forward(self, x):
+            return self.body(x)
+
+    net = Net()
+    y = torch.tensor(labels)
+    inputs = ModelInputs("d", net, net, None, torch.rand(4, 1, 8, 8), y, torch.ones(4, dtype=torch.bool), None,
+                         torch.device("cpu"))
+    outcome = evaluate(reg.make_metric("davies-bouldin"), inputs)
+    assert outcome["status"] == "n/a" and "Davies–Bouldin" in outcome["error"]
+    inputs.y = torch.tensor([0, 0, 1, 1])
+    assert evaluate(reg.make_metric("davies-bouldin"), inputs)["status"] == "ok"

@@ -93,8 +93,12 @@ class DaviesBouldin(Metric):
     def measure(self, inputs: ModelInputs) -> float:
         n = self.config.samples
         x, y = _first(inputs.x, n).to(inputs.device), _first(inputs.y, n)
-        if len(set(y.tolist())) < 2:
+        classes = len(set(y.tolist()))
+        if classes < 2:
             raise NotApplicable("the Davies–Bouldin index needs samples of at least two classes")
+        if classes >= len(y):
+            raise NotApplicable(f"the Davies–Bouldin index needs more samples than classes ({len(y)} samples "
+                                f"of {classes} classes)")
         with frozen(inputs.base) as base, torch.no_grad():
             z = torch.cat([base.features(x[i:i + 256]).flatten(1).cpu() for i in range(0, len(x), 256)])
         return m.davies_bouldin(z, y)
