@@ -283,6 +283,10 @@ def _shown(value: Any) -> str:
               help="compute every result again (default: take those an earlier run of DB stored under the same key)")
 @click.option("--dry-run", is_flag=True,
               help="print what would be built, run and taken from DB, and the expected work; run nothing")
+@click.option("--smoke", is_flag=True,
+              help="run FILE cut to toy scale (every entry kept; a few samples, images, epochs, steps and queries) "
+                   "into DB (default: results/FILE-smoke.db), to check in minutes that it runs end to end; "
+                   "its figures mean nothing")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".arena/cache"))
 @click.option("--quiet", "-q", is_flag=True, help="no progress: only errors and the final leaderboard")
 @click.option("--verbose", "-v", is_flag=True,
@@ -294,8 +298,8 @@ def _shown(value: Any) -> str:
 @click.pass_obj
 @user_errors
 def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None, workers: int,
-        resume: bool, fresh: bool, dry_run: bool, cache_dir: Path, quiet: bool, verbose: bool, log: Path | None,
-        fmt: str) -> None:
+        resume: bool, fresh: bool, dry_run: bool, smoke: bool, cache_dir: Path, quiet: bool, verbose: bool,
+        log: Path | None, fmt: str) -> None:
     """Run the tournament in FILE and print its leaderboard.
 
     Exit status 0 when every match ran, 3 when some match failed or timed out (its row is
@@ -309,13 +313,16 @@ def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str 
     A run takes every result an earlier run of DB stored under the same key (what determines
     it: the samples, the model, the attack, the budget): adding a defense, an attack or a budget
     to FILE runs only the new matches; --fresh computes everything again, --dry-run shows what
-    would run."""
+    would run. --smoke runs FILE at toy scale into a database of its own: a check, in minutes,
+    that a long file runs end to end before the long run."""
     import signal
 
     from arena.errors import Interrupted
 
+    if smoke:
+        db = db or Path("results") / f"{file.stem}-smoke.db"
     if dry_run:
-        _dry_run(obj, file, db)
+        _dry_run(obj, file, db, smoke)
         return
     if workers > 1 and executor != "local":
         from arena.errors import ConfigError
@@ -328,7 +335,7 @@ def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str 
     previous = _on_sigterm(_raise_interrupted)
     try:
         run_id, store = _run_tournament(obj, file, db, executor, address, resume, cache_dir, output, started,
-                                        reuse=not fresh, workers=workers)
+                                        reuse=not fresh, workers=workers, smoke=smoke)
     except (KeyboardInterrupt, Interrupted) as exc:
         run_id = getattr(started[0], "run_id", None) if started else None
         stopped = f"run {run_id} stopped; finish it with --resume" if run_id is not None else "no run started"
@@ -342,7 +349,7 @@ def run(obj: CliState, file: Path, db: Path | None, executor: str, address: str 
 
 def _run_tournament(obj: CliState, file: Path, db: Path | None, executor: str, address: str | None,
                     resume: bool, cache_dir: Path, output: Any, started: list[Any],
-                    reuse: bool = True, workers: int = 1) -> tuple[int, Any]:
+                    reuse: bool = True, workers: int = 1, smoke: bool = False) -> tuple[int, Any]:
     if executor == "local":  # the workers' forkserver imports torch while this process does too
         from arena.tournament.workers import warm_up
 
@@ -350,19 +357,20 @@ def _run_tournament(obj: CliState, file: Path, db: Path | None, executor: str, a
     from arena.api import run_tournament
     from arena.tournament.plan import load_tournament
 
-    return run_tournament(lambda: load_tournament(file, obj.registry), db or Path("results") / f"{file.stem}.db",
+    return run_tournament(lambda: load_tournament(file, obj.registry, smoke=smoke),
+                          db or Path("results") / f"{file.stem}.db",
                           executor=executor, address=address, resume=resume, cache_dir=cache_dir,
                           progress=output, source=str(file), source_file=file, started=started, reuse=reuse,
                           workers=workers)
 
 
-def _dry_run(obj: CliState, file: Path, db: Path | None) -> None:
+def _dry_run(obj: CliState, file: Path, db: Path | None, smoke: bool = False) -> None:
     """``arena run --dry-run``: the plan, against what DB holds (opened read-only, if it exists)."""
     from arena.tournament.dryrun import preview
     from arena.tournament.plan import load_tournament
     from arena.tournament.store import Store
 
-    plan = load_tournament(file, obj.registry)
+    plan = load_tournament(file, obj.registry, smoke=smoke)
     db = db or Path("results") / f"{file.stem}.db"
     store = Store(db, readonly=True) if db.is_file() and db.stat().st_size > 0 else None
     try:

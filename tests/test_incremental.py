@@ -335,3 +335,25 @@ def test_dry_run_lists_what_would_run_and_fresh_recomputes(tmp_path):
     assert reused == [[False, False], [True, True, False], [False, False, False]]
     listing = cli("runs", db, "--format", "json")
     assert listing.exit_code == 0 and len(json.loads(listing.output)) == 3
+
+
+def test_smoke_runs_the_file_at_toy_scale_into_a_database_of_its_own(tmp_path, monkeypatch):
+    """``arena run --smoke``: every entry and budget of the file, a few samples, images, epochs and
+    steps, into results/FILE-smoke.db; the file's own database is not touched."""
+    monkeypatch.chdir(tmp_path)
+    file = tmp_path / "grow.toml"
+    file.write_text(BASE + PGD.replace("steps = 3", "steps = 50") + GDA)
+    common = ("--executor", "inline", "--cache-dir", tmp_path / "cache", "-q")
+    dry = cli("run", file, "--smoke", "--dry-run", *common[:-1])
+    assert dry.exit_code == 0 and "grow-smoke.db (new database)" in dry.output, dry.output
+    result = cli("run", file, "--smoke", *common)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "results" / "grow.db").exists()
+    store = Store(tmp_path / "results" / "grow-smoke.db", readonly=True)
+    (run,) = store.run_ids()
+    config = store.run(run).config
+    assert config["name"] == "grow-smoke" and config["samples"] == 4 and config["training"]["epochs"] == 1
+    assert [a["params"]["steps"] for a in config["attacks"] if a.get("name") == "pgd"] == [3]
+    assert {(m.defense, m.attack, m.budget) for m in store.matches(run)} == {
+        (d, a, b) for d in ("standard", "gda") for a, b in (("fgsm", 0.1), ("fgsm", 0.2), ("pgd", 0.1))}
+    assert all(m.ok and len(m.robust_mask) == 4 for m in store.matches(run))

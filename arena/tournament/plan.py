@@ -196,8 +196,9 @@ class Plan:
         return [[d for d in self.defenses if depth[d.label] == k] for k in range(max(depth.values(), default=-1) + 1)]
 
 
-def load_tournament(path: str | Path, registry: Registry) -> Plan:
-    """Read, validate and resolve a tournament file; ConfigError names the file and the field."""
+def load_tournament(path: str | Path, registry: Registry, *, smoke: bool = False) -> Plan:
+    """Read, validate and resolve a tournament file; ConfigError names the file and the field.
+    ``smoke``: the file cut to toy scale first (:func:`arena.tournament.smoke.shrink`)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_bytes().decode("utf-8"))
@@ -214,6 +215,10 @@ def load_tournament(path: str | Path, registry: Registry) -> Plan:
     if not data:
         raise ConfigError(f"{path}: the tournament file is empty; it names a dataset, an architecture, "
                           "[[defenses]] and [[attacks]]")
+    if smoke:
+        from arena.tournament.smoke import shrink
+
+        data = shrink(data, registry)
     return parse_tournament(data, registry, source=str(path))
 
 
