@@ -1,8 +1,9 @@
 """Sanity flags read from a run's results (Carlini et al. 2019, "On Evaluating Adversarial
 Robustness" §5; AutoAttack's flags): accuracy that rises with the budget, unbounded attacks on
-the judged model that do not reach ~100% success, single-step attacks beating iterative ones, black-box, transfer or
-gray-box attacks beating white-box ones on some examples, randomised outputs evaluated without an
-adaptive (EOT) attack, and what the model probes of :func:`arena.checks.model_checks` found.
+the judged model that do not reach ~100% success, single-step attacks beating iterative ones,
+black-box, transfer or gray-box attacks beating white-box ones on some examples, randomised
+outputs evaluated without an adaptive (EOT) attack, and what the model probes of
+:func:`arena.checks.model_checks` found.
 
 Each flag says what it suggests and which attack to add. Flags read the matches that finished
 ``ok``; where one that would change a flag's claim did not (a white-box attack that timed out), the
