@@ -7,11 +7,11 @@ import torch
 
 from arena import testing
 
-#: Test files that take longest (the papers' directions, ~8 minutes of work; the paper-scale files
+#: Test files that take longest (the papers' directions, ~8 minutes of work; every tournament file
 #: at toy scale, ~4), collected first: under make test's two xdist workers, which take whole files
 #: in collection order, each starts on one of them while the other runs the rest, instead of the
 #: last worker starting one when the other is nearly done.
-FIRST = ("test_paper_directions.py", "test_paper_files_smoke.py")
+FIRST = ("test_paper_directions.py", "test_tournament_files_smoke.py")
 
 NO_CUDA = "no CUDA device here (torch.cuda.is_available() is False): the cuda case runs where one is"
 
