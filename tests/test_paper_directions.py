@@ -243,6 +243,15 @@ def test_seed003_pdm_tightens_the_embedding(seed003):
                                         "(Figure 2, CIFAR-10; the baseline's value is not legible)"))
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "does not reproduce at this scale: clean accuracy 83.0% (pdm) vs 88.0% (baseline) on the 100 samples, "
+    "at one and at two torch threads (the file's run: 80.0 vs 85.0 of 20); 10 epochs over 10,000 "
+    "Fashion-MNIST images, where the paper trains 80 epochs over 60,000 MNIST ones"))
+def test_seed003_pdm_keeps_the_clean_accuracy(seed003):
+    """Table 1: clean accuracy 99.52% (PDM) vs 99.33% (CE)."""
+    check(seed003, direction("seed003", "PDM's clean accuracy is at least CE's"))
+
+
 def test_seed003_pdm_detects_gray_box_fgsm_as_well_as_the_baseline(seed003):
     """Table 2: detection AUC 0.995 (PDM) vs 0.988 (baseline) for FGSM-0.1 (MNIST)."""
     check(seed003, direction("seed003", "PDM detects gray-box FGSM-0.1 at least as well as the baseline"))
